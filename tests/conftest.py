@@ -1,0 +1,55 @@
+"""Real servers for the tests: a 3-node NATS cluster, Redis and etcd on free loopback ports.
+
+Session-scoped servers are shared; tests that kill or pause a server ask for the
+``fresh_*`` fixtures, which start their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from marketpipe.infra.local import EtcdServer, NatsCluster, RedisServer
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[NatsCluster]:
+    cluster = NatsCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    server = EtcdServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_nats_cluster() -> Iterator[NatsCluster]:
+    cluster = NatsCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_etcd() -> Iterator[EtcdServer]:
+    server = EtcdServer().start()
+    yield server
+    server.stop()
