@@ -74,12 +74,14 @@ class Process:
     argv: list[str]
     healthy: Callable[[], bool]
     log_path: Path
+    env: dict[str, str] | None = None  # extra environment on top of this process's
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
         log = self.log_path.open("ab")
+        env = {**os.environ, **self.env} if self.env else None
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         log.close()
         try:
