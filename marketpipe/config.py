@@ -75,6 +75,7 @@ class Settings(BaseModel):
     leader_ttl_seconds: int = Field(default=5, ge=1)
 
     # Gateway.
+    gateway_host: str = "0.0.0.0"
     gateway_max_connections: int = Field(default=10000, ge=1)
     gateway_max_topics: int = Field(default=100, ge=1)
     gateway_max_message_bytes: int = Field(default=4096, ge=64)

@@ -203,11 +203,12 @@ class NatsCluster:
 @dataclass
 class RedisServer:
     port: int = field(default_factory=free_port)
+    binary: str | None = None  # default: redis-server from PATH
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mp-redis-")))
     process: Process | None = None
 
     def start(self) -> RedisServer:
-        binary = find_binary("redis-server", "/usr/bin/redis-server")
+        binary = self.binary or find_binary("redis-server", "/usr/bin/redis-server")
         self.process = Process(
             name="redis",
             argv=[
