@@ -1,0 +1,85 @@
+"""The asyncio shell of :class:`SnapshotPlanner`: fetches due snapshots and reports results.
+
+``request()`` may be called from any callback in the event loop; the loop started by ``run()``
+fetches due jobs (at most ``max_in_flight`` at once) through :class:`ExchangeRest` and calls
+``on_snapshot(symbol, snapshot)`` or ``on_snapshot_failed(symbol, error)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from marketpipe.exchange.rest import DepthSnapshot, ExchangeError, ExchangeRest, ExchangeUnavailable
+from marketpipe.exchange.snapshot_plan import SnapshotJob, SnapshotPlanner
+from marketpipe.logs import get_logger
+
+log = get_logger(__name__)
+
+OnSnapshot = Callable[[str, DepthSnapshot], None]
+OnSnapshotFailed = Callable[[str, Exception], None]
+
+
+class SnapshotScheduler:
+    def __init__(
+        self,
+        rest: ExchangeRest,
+        planner: SnapshotPlanner,
+        on_snapshot: OnSnapshot,
+        on_snapshot_failed: OnSnapshotFailed,
+        *,
+        max_in_flight: int = 4,
+    ) -> None:
+        self.rest = rest
+        self.planner = planner
+        self._on_snapshot = on_snapshot
+        self._on_failed = on_snapshot_failed
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request(
+        self, symbol: str, *, priority: bool = False, resync: bool = False, limit: int | None = None
+    ) -> None:
+        if self.planner.request(symbol, priority=priority, resync=resync, limit=limit):
+            self._wakeup.set()
+
+    def cancel(self, symbol: str) -> None:
+        self.planner.cancel(symbol)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                delay = self.planner.due_in(time.monotonic())
+                if delay is None or delay > 0:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), delay)
+                    continue
+                await self._slots.acquire()
+                job = self.planner.pop(time.monotonic())
+                if job is None:
+                    self._slots.release()
+                    continue
+                task = asyncio.create_task(self._fetch(job), name=f"snapshot-{job.symbol}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _fetch(self, job: SnapshotJob) -> None:
+        try:
+            snapshot = await self.rest.depth(job.symbol, job.limit)
+        except (ExchangeError, ExchangeUnavailable) as exc:
+            log.warning("snapshot_failed", symbol=job.symbol, error=str(exc))
+            self.planner.finished(job.symbol)
+            self._on_failed(job.symbol, exc)
+            return
+        finally:
+            self._slots.release()
+        self.planner.finished(job.symbol)
+        self._on_snapshot(job.symbol, snapshot)
