@@ -1,0 +1,157 @@
+"""Pure parts of the orderbook service: publish throttle, status board, audit comparison."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from marketpipe.services.book_audit import AuditBook, AuditSnapshot, Verdict, compare
+from marketpipe.services.book_status import StatusBoard, status_subject
+from marketpipe.services.publish_throttle import PublishThrottle
+
+INTERVAL = 0.1
+
+# A change of some symbol at some time offset after the previous event.
+changes = st.lists(
+    st.tuples(st.sampled_from(["A", "B", "C"]), st.floats(min_value=0, max_value=0.3)),
+    max_size=200,
+)
+
+
+def _drive(
+    events: list[tuple[str, float]],
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """Feed changes to a throttle, publishing every symbol exactly when it becomes due."""
+    throttle = PublishThrottle(INTERVAL)
+    now = 0.0
+    sent: list[tuple[str, float]] = []
+    noted: list[tuple[str, float]] = []
+
+    def flush_until(t: float) -> None:
+        while (due := throttle.next_due()) is not None and due <= t:
+            for sym in throttle.pop_due(due):
+                throttle.sent(sym, due)
+                sent.append((sym, due))
+
+    for symbol, step in events:
+        flush_until(now + step)
+        now += step
+        noted.append((symbol, now))
+        if throttle.changed(symbol, now):
+            for sym in throttle.pop_due(now):
+                throttle.sent(sym, now)
+                sent.append((sym, now))
+    flush_until(float("inf"))
+    return noted, sent
+
+
+@given(changes)
+def test_throttle_at_most_one_per_interval_per_symbol(events: list[tuple[str, float]]) -> None:
+    _, sent = _drive(events)
+    last: dict[str, float] = {}
+    for sym, t in sent:
+        if sym in last:
+            assert t - last[sym] >= INTERVAL - 1e-9
+        last[sym] = t
+
+
+@given(changes)
+def test_throttle_every_change_goes_out_as_soon_as_allowed(events: list[tuple[str, float]]) -> None:
+    noted, sent = _drive(events)
+    for sym, t in noted:
+        later = [s for s_sym, s in sent if s_sym == sym and s >= t]
+        assert later, "a change was never published"
+        earlier = [s for s_sym, s in sent if s_sym == sym and s < t]
+        allowed = max(t, earlier[-1] + INTERVAL) if earlier else t
+        # published no later than its interval allowed (a later change may share the message)
+        assert later[0] <= allowed + 1e-9
+
+
+def test_throttle_quiet_symbol_is_due_at_once_and_busy_one_waits() -> None:
+    throttle = PublishThrottle(INTERVAL)
+    assert throttle.changed("A", 10.0)
+    assert throttle.pop_due(10.0) == ["A"]
+    throttle.sent("A", 10.0)
+    assert not throttle.changed("A", 10.03)
+    assert not throttle.changed("A", 10.05)  # newer state: still one pending message
+    assert throttle.next_due() == 10.0 + INTERVAL
+    assert throttle.pop_due(10.09) == []
+    assert throttle.pop_due(10.1) == ["A"]
+    assert throttle.changed("B", 10.1)  # another symbol is not held back by A
+
+
+def test_throttle_discard_and_forget() -> None:
+    throttle = PublishThrottle(INTERVAL)
+    throttle.sent("A", 0.0)
+    throttle.changed("A", 0.05)
+    throttle.discard("A")
+    assert not throttle.pending("A")
+    assert throttle.next_due() is None
+    assert throttle.pop_due(1.0) == []
+    throttle.forget("A")
+    assert throttle.changed("A", 0.06)  # forgotten: no interval left to wait
+
+
+def test_status_board_reports_changes_and_counts_live() -> None:
+    board = StatusBoard()
+    assert board.update("A", "syncing", None, 1) is not None
+    assert board.update("A", "syncing", None, 2) is None
+    live = board.update("A", "live", None, 3)
+    assert live is not None and board.live_count == 1
+    assert orjson.loads(live.encode()) == {
+        "symbol": "A",
+        "state": "live",
+        "reason": None,
+        "since": 3,
+    }
+    board.update("B", "live", None, 3)
+    assert board.live_count == 2
+    board.update("A", "resyncing", "gap", 4)
+    assert board.live_count == 1
+    board.remove("B")
+    assert board.live_count == 0 and len(board) == 1
+    assert status_subject("A") == "status.orderbook.A"
+
+
+SNAP = AuditSnapshot(
+    last_update_id=10,
+    limit=2,
+    bids=[("100.00", "1.0"), ("99.00", "2.0")],
+    asks=[("101.00", "1.0"), ("102.00", "3.0")],
+)
+
+
+def test_audit_compares_only_the_snapshot_window() -> None:
+    live_bids = [("100.00", "1.0"), ("99.00", "2.0"), ("98.00", "5.0")]
+    live_asks = [("101.00", "1.0"), ("102.00", "3.0"), ("103.00", "1.0")]
+    result = compare("X", SNAP, live_bids, live_asks)
+    assert (result.compared, result.matching, result.ratio) == (4, 4, 1.0)
+
+
+def test_audit_counts_missing_extra_and_different_levels() -> None:
+    live_bids = [("100.00", "1.5"), ("99.50", "1.0")]  # qty differs, extra level, 99 missing
+    live_asks = [("101.00", "1.0"), ("102.00", "3.0")]
+    result = compare("X", SNAP, live_bids, live_asks)
+    assert (result.compared, result.matching) == (5, 2)
+
+
+def test_audit_short_snapshot_covers_the_whole_side() -> None:
+    snap = AuditSnapshot(10, 5, [("100.00", "1.0")], [])
+    result = compare("X", snap, [("100.00", "1.0"), ("1.00", "1.0")], [("200.00", "1.0")])
+    assert (result.compared, result.matching) == (3, 1)
+
+
+def test_audit_waits_for_the_exact_update_id() -> None:
+    audits = AuditBook()
+    assert audits.offer("X", SNAP, 10) is Verdict.COMPARE
+    assert audits.offer("X", SNAP, 11) is Verdict.MISSED
+    assert audits.offer("X", SNAP, 7) is Verdict.WAIT
+    assert audits.advanced("X", 9) == (Verdict.WAIT, SNAP)
+    assert audits.advanced("X", 10) == (Verdict.COMPARE, SNAP)
+    assert not audits.waiting("X")
+    audits.offer("X", SNAP, 7)
+    assert audits.advanced("X", 12) == (Verdict.MISSED, SNAP)
+    audits.offer("X", SNAP, 7)
+    audits.cancel("X")
+    assert audits.advanced("X", 10) == (Verdict.WAIT, None)
