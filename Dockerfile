@@ -1,0 +1,18 @@
+# The one image every marketpipe service runs from: `marketpipe <service> --port 8080`.
+# Build: docker build -t marketpipe:0.1.0 .
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY marketpipe ./marketpipe
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim-bookworm
+# The root filesystem is read-only in the cluster: no bytecode files written at run time.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /install /usr/local
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin marketpipe
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["marketpipe"]
+CMD ["--help"]
