@@ -67,3 +67,23 @@ GATEWAY_DISCONNECTS = Counter(
 GATEWAY_SUBSCRIPTIONS = Gauge(
     "marketpipe_gateway_subscriptions", "Topics with at least one subscribed client"
 )
+
+# Transport, cache and leadership (helper D).
+PUBLISH_ERRORS = Counter(
+    "marketpipe_publish_errors_total",
+    "NATS publishes that failed (payload too large, connection lost), by channel and reason",
+    ["channel", "reason"],
+)
+NATS_CONNECTED = Gauge("marketpipe_nats_connected", "1 while the NATS client is connected")
+NATS_RECONNECTS = Counter("marketpipe_nats_reconnects_total", "NATS client reconnections")
+REDIS_PENDING_KEYS = Gauge(
+    "marketpipe_redis_pending_keys", "Cache keys written in memory but not yet flushed to Redis"
+)
+REDIS_REFILLS = Counter(
+    "marketpipe_redis_refills_total", "Full rewrites of Redis from the in-memory mirror"
+)
+LEADER_TRANSITIONS = Counter(
+    "marketpipe_leader_transitions_total",
+    "Changes of this instance's leadership, by new role and reason",
+    ["role", "reason"],
+)

@@ -1,0 +1,222 @@
+"""The one place a service's lifecycle lives; each service module is a short wiring on top.
+
+A service module's ``run`` is typically::
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        return run_service("trades", args, settings, TradesService)
+
+where ``TradesService(ctx)`` builds itself from a :class:`ServiceContext` and offers
+``async start()`` (begin taking data; return once running), ``async stop()`` (stop taking data),
+``ready() -> bool`` (cheap, for ``/readyz``) and optionally ``on_leadership(is_leader, epoch)``
+(synchronous; called the moment leadership changes, e.g. to restart ``seq`` on a new epoch).
+
+:func:`run_service` installs uvloop, starts HTTP on ``--port`` (``/livez``, ``/readyz``,
+``/metrics``; the factory may add routes to ``ctx.app`` first, as the gateway does), connects
+NATS (retrying forever), starts the Redis cache and the election, then waits for SIGTERM/SIGINT.
+On the signal: ``service.stop()``, drain NATS, flush Redis (best effort), resign leadership,
+exit 0, all within :data:`SHUTDOWN_SECONDS`.
+
+Publishing goes through the context, which drops everything while this instance is not the
+leader (followers keep hot state, publish nothing)::
+
+    if await ctx.publish("trades.BTCUSDT", payload):     # False: not leader, nothing sent
+        ctx.cache_recent(trades_key("BTCUSDT"), payload)  # also leader-gated, never blocks
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+from marketpipe.config import Settings
+from marketpipe.ha.election import Leadership, StaticLeader, make_election
+from marketpipe.logs import get_logger
+from marketpipe.ops.http import ProbeServer
+from marketpipe.transport.nats import NatsClient
+from marketpipe.transport.redis_cache import RECENT_KEEP, RedisCache
+
+log = get_logger("marketpipe.services.runtime")
+
+SHUTDOWN_SECONDS = 9.0
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+
+ServiceFactory = Callable[["ServiceContext"], Service]
+
+
+class ServiceContext:
+    """What every service shares: settings, NATS, the Redis cache, an HTTP client session, the
+    leadership, and the leader-gated ways out (``publish``, ``cache_*``)."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        use_redis: bool = True,
+        elect: bool = True,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.app = web.Application()
+        self.nats = NatsClient(
+            settings.nats_urls, settings.subject_prefix, name=name, drain_seconds=2.0
+        )
+        self.cache: RedisCache | None = (
+            RedisCache(settings.redis_url, settings.redis_prefix, writer=name)
+            if use_redis
+            else None
+        )
+        self.http = aiohttp.ClientSession()
+        self.leadership: Leadership = (
+            make_election(settings, name, self._on_leadership)
+            if elect
+            else StaticLeader(name, self._on_leadership)
+        )
+        # read on every publish: a plain attribute, flipped synchronously by the election
+        self.leading = False
+        self.epoch = 0
+        self.exit_code = 0
+        self.stopping = asyncio.Event()
+        self._leadership_listeners: list[Callable[[bool, int], None]] = []
+
+    # --- the hot path ---
+
+    async def publish(self, subject: str, payload: bytes) -> bool:
+        """Publish if leader; returns whether it was sent. Raises PayloadTooLargeError."""
+        if not self.leading:
+            return False
+        await self.nats.publish(subject, payload)
+        return True
+
+    def cache_value(self, key: str, payload: bytes) -> None:
+        if self.leading and self.cache is not None:
+            self.cache.set_value(key, payload)
+
+    def cache_recent(self, key: str, payload: bytes, keep: int = RECENT_KEEP) -> None:
+        if self.leading and self.cache is not None:
+            self.cache.push_recent(key, payload, keep)
+
+    def cache_fields(self, name: str, mapping: dict[str, bytes]) -> None:
+        if self.leading and self.cache is not None:
+            self.cache.hset_many(name, mapping)
+
+    # --- lifecycle hooks ---
+
+    def on_leadership_change(self, listener: Callable[[bool, int], None]) -> None:
+        self._leadership_listeners.append(listener)
+
+    def request_stop(self, exit_code: int = 0, reason: str = "") -> None:
+        """End the process as SIGTERM would (a service that cannot go on passes exit_code=1)."""
+        if reason:
+            log.error("service asked to stop", service=self.name, reason=reason)
+        self.exit_code = max(self.exit_code, exit_code)
+        self.stopping.set()
+
+    def _on_leadership(self, is_leader: bool, epoch: int) -> None:
+        self.leading = is_leader
+        self.epoch = epoch
+        for listener in self._leadership_listeners:
+            try:
+                listener(is_leader, epoch)
+            except Exception:  # a listener's bug must not leave the gate in a wrong state
+                log.exception("leadership listener failed", service=self.name)
+
+
+def run_service(
+    name: str,
+    args: argparse.Namespace,
+    settings: Settings,
+    factory: ServiceFactory,
+    *,
+    use_redis: bool = True,
+    elect: bool = True,
+) -> int:
+    """Run a service until SIGTERM/SIGINT; returns the process exit code."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(name, int(args.port), settings, factory, use_redis, elect))
+
+
+async def _serve(
+    name: str,
+    port: int,
+    settings: Settings,
+    factory: ServiceFactory,
+    use_redis: bool,
+    elect: bool,
+) -> int:
+    ctx = ServiceContext(name, settings, use_redis=use_redis, elect=elect)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ctx.request_stop)
+    service = factory(ctx)
+    listener = getattr(service, "on_leadership", None)
+    if listener is not None:
+        ctx.on_leadership_change(listener)
+
+    def ready() -> bool:
+        return ctx.nats.connected and service.ready()
+
+    probes = ProbeServer(port, ready, app=ctx.app)
+    await probes.start()
+    log.info("service starting", service=name, port=probes.port)
+    startup = asyncio.create_task(_start(ctx, service), name=f"{name}-startup")
+    stopping = asyncio.create_task(ctx.stopping.wait())
+    await asyncio.wait({startup, stopping}, return_when="FIRST_COMPLETED")
+    if startup.done() and startup.exception() is not None:
+        log.error("service failed to start", service=name, error=repr(startup.exception()))
+        ctx.exit_code = 1
+    elif not startup.done():
+        startup.cancel()
+    else:
+        log.info("service running", service=name)
+        await stopping
+    stopping.cancel()
+    await _shutdown(ctx, service, probes, startup.done())
+    log.info("service stopped", service=name, exit_code=ctx.exit_code)
+    return ctx.exit_code
+
+
+async def _start(ctx: ServiceContext, service: Service) -> None:
+    await ctx.nats.connect()
+    if ctx.cache is not None:
+        await ctx.cache.start()
+    await service.start()
+    await ctx.leadership.start()
+
+
+async def _shutdown(
+    ctx: ServiceContext, service: Service, probes: ProbeServer, started: bool
+) -> None:
+    deadline = asyncio.get_running_loop().time() + SHUTDOWN_SECONDS
+
+    async def step(what: str, action: Awaitable[None], share: float) -> None:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(max(0.1, min(share, remaining))):
+                await action
+        except Exception as exc:
+            log.warning("shutdown step incomplete", step=what, error=repr(exc))
+
+    if started:
+        await step("stop service", service.stop(), 3.0)
+    await step("drain nats", ctx.nats.drain(), 2.5)
+    if ctx.cache is not None:
+        await step("flush redis", ctx.cache.close(), 1.5)
+    await step("resign", ctx.leadership.resign(), 1.5)
+    await step("close http", ctx.http.close(), 0.5)
+    await step("stop probes", probes.stop(), 0.5)

@@ -1,0 +1,287 @@
+"""The Redis last-value cache (DESIGN §3), written so that Redis can never slow the caller.
+
+Writers (synchronous, never block, never raise)::
+
+    cache = RedisCache(settings.redis_url, prefix=settings.redis_prefix, writer="trades")
+    await cache.start()
+    cache.set_value(orderbook_key("BTCUSDT"), payload)      # marketpipe:orderbook:BTCUSDT
+    cache.push_recent(trades_key("BTCUSDT"), payload)       # LPUSH + LTRIM to the last 10
+    cache.hset(MARKETS_HASH, "BTCUSDT", payload)            # or hset_many(MARKETS_HASH, {...})
+    await cache.close()                                     # best-effort final flush
+
+Readers (the gateway) ``await get_value(key)``, ``get_recent(key)``, ``hgetall(hash)``; on a
+Redis error they log, count and return an empty answer.
+
+How: every write lands in an in-memory mirror of last values (bounded by ``max_keys``) and marks
+its key dirty; one background task flushes the dirty keys in a pipeline every
+``flush_interval`` seconds (so a key written 1000 times between flushes costs one SET). On an
+error it counts ``marketpipe_redis_errors_total``, backs off and, once Redis answers again,
+rewrites everything from the mirror. Each flush also checks a per-writer sentinel key, so a
+Redis that came back empty (restart, FLUSHALL, eviction) is refilled without waiting for an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from marketpipe.logs import get_logger
+from marketpipe.ops.metrics import REDIS_ERRORS, REDIS_PENDING_KEYS, REDIS_REFILLS
+
+log = get_logger("marketpipe.transport.redis")
+
+RECENT_KEEP = 10
+MARKETS_HASH = "markets"
+CACHE_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+def orderbook_key(symbol: str) -> str:
+    return f"orderbook:{symbol}"
+
+
+def trades_key(symbol: str) -> str:
+    return f"trades:{symbol}"
+
+
+def ticker_key(symbol: str) -> str:
+    return f"ticker:{symbol}"
+
+
+class RedisCache:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "marketpipe:",
+        writer: str = "marketpipe",
+        flush_interval: float = 0.05,
+        max_keys: int = 1_000_000,
+        timeout: float = 1.0,
+        max_backoff: float = 5.0,
+        close_seconds: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._sentinel = f"{prefix}writers:{writer}"
+        self._flush_interval = flush_interval
+        self._max_keys = max_keys
+        self._max_backoff = max_backoff
+        self.close_seconds = close_seconds
+        self._redis = aioredis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # we own retrying: a hidden retry would stall the flush
+        )
+        # the mirror: last values as Redis should hold them
+        self._values: dict[str, bytes] = {}
+        self._lists: dict[str, deque[bytes]] = {}  # newest first
+        self._hashes: dict[str, dict[str, bytes]] = {}
+        self._size = 0
+        # what changed since the last flush
+        self._dirty_values: set[str] = set()
+        self._new_items: dict[str, deque[bytes]] = {}  # oldest first
+        self._dirty_fields: dict[str, set[str]] = {}
+        self._refill_needed = False
+        self._healthy = False
+        self._overflow_logged = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """True when the last flush (or ping) reached Redis."""
+        return self._healthy
+
+    @property
+    def pending_keys(self) -> int:
+        return len(self._dirty_values) + len(self._new_items) + len(self._dirty_fields)
+
+    # --- writers: synchronous, O(1), never touch the network ---
+
+    def set_value(self, key: str, value: bytes) -> None:
+        if key not in self._values and not self._admit():
+            return
+        self._values[key] = value
+        self._dirty_values.add(key)
+        self._wake.set()
+
+    def push_recent(self, key: str, value: bytes, keep: int = RECENT_KEEP) -> None:
+        items = self._lists.get(key)
+        if items is None:
+            if not self._admit():
+                return
+            items = self._lists[key] = deque(maxlen=keep)
+        items.appendleft(value)
+        new = self._new_items.get(key)
+        if new is None:
+            new = self._new_items[key] = deque(maxlen=keep)
+        new.append(value)
+        self._wake.set()
+
+    def hset(self, name: str, field: str, value: bytes) -> None:
+        self.hset_many(name, {field: value})
+
+    def hset_many(self, name: str, mapping: dict[str, bytes]) -> None:
+        fields = self._hashes.setdefault(name, {})
+        dirty = self._dirty_fields.setdefault(name, set())
+        for field, value in mapping.items():
+            if field not in fields and not self._admit():
+                continue
+            fields[field] = value
+            dirty.add(field)
+        self._wake.set()
+
+    def _admit(self) -> bool:
+        if self._size < self._max_keys:
+            self._size += 1
+            return True
+        if not self._overflow_logged:
+            log.error("cache key limit reached; new keys are not cached", max_keys=self._max_keys)
+            self._overflow_logged = True
+        return False
+
+    # --- readers ---
+
+    async def get_value(self, key: str) -> bytes | None:
+        try:
+            value = cast("bytes | None", await self._redis.get(self.prefix + key))
+        except CACHE_ERRORS as exc:
+            self._read_failed(key, exc)
+            return None
+        return value
+
+    async def get_recent(self, key: str, count: int = RECENT_KEEP) -> list[bytes]:
+        try:
+            items = cast("list[bytes]", await self._redis.lrange(self.prefix + key, 0, count - 1))
+        except CACHE_ERRORS as exc:
+            self._read_failed(key, exc)
+            return []
+        return items
+
+    async def hgetall(self, name: str) -> dict[str, bytes]:
+        try:
+            raw = cast("dict[bytes, bytes]", await self._redis.hgetall(self.prefix + name))
+        except CACHE_ERRORS as exc:
+            self._read_failed(name, exc)
+            return {}
+        return {k.decode(): v for k, v in raw.items()}
+
+    def _read_failed(self, key: str, exc: BaseException) -> None:
+        REDIS_ERRORS.inc()
+        log.warning("redis read failed", key=key, error=repr(exc))
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Start the flusher; does not wait for Redis (it may be down: that is fine)."""
+        self._task = asyncio.create_task(self._flush_forever(), name="redis-cache-flush")
+
+    async def close(self) -> None:
+        """Flush what is pending (best effort, within ``close_seconds``), then disconnect."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._healthy and self.pending_keys:
+            try:
+                async with asyncio.timeout(self.close_seconds):
+                    await self.flush()
+            except (*CACHE_ERRORS, asyncio.CancelledError) as exc:
+                log.warning("final redis flush incomplete", error=repr(exc))
+        with contextlib.suppress(*CACHE_ERRORS):
+            await self._redis.aclose()
+
+    async def flush(self) -> None:
+        """Write pending changes now (a full refill if Redis lost them); raises on Redis errors."""
+        if self._refill_needed:
+            await self._refill()
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(self._sentinel)
+        self._queue_pending(pipe)
+        results = await pipe.execute()
+        self._healthy = True
+        if not results[0]:
+            log.info("redis lost its data (restart or flush); refilling from memory")
+            await self._refill()
+
+    def _queue_pending(self, pipe: Pipeline) -> None:
+        prefix = self.prefix
+        for key in self._dirty_values:
+            pipe.set(prefix + key, self._values[key])
+        for key, items in self._new_items.items():
+            pipe.lpush(prefix + key, *items)
+            pipe.ltrim(prefix + key, 0, (self._lists[key].maxlen or RECENT_KEEP) - 1)
+        for name, fields in self._dirty_fields.items():
+            if fields:
+                values = self._hashes[name]
+                pipe.hset(prefix + name, mapping={f: values[f] for f in fields})
+        self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        self._dirty_values = set()
+        self._new_items = {}
+        self._dirty_fields = {}
+
+    async def _refill(self) -> None:
+        # Built in one synchronous pass so that no write can slip between the rebuild and the
+        # pending set (which would push a trade twice).
+        prefix = self.prefix
+        pipe = self._redis.pipeline(transaction=True)  # readers never see a list half rebuilt
+        for key, value in self._values.items():
+            pipe.set(prefix + key, value)
+        for key, items in self._lists.items():
+            pipe.delete(prefix + key)
+            if items:
+                pipe.rpush(prefix + key, *items)
+        for name, fields in self._hashes.items():
+            if fields:
+                pipe.hset(prefix + name, mapping={f: v for f, v in fields.items()})
+        pipe.set(self._sentinel, b"1")
+        self._clear_pending()
+        self._refill_needed = True  # until the pipeline is known to have landed
+        await pipe.execute()
+        self._refill_needed = False
+        self._healthy = True
+        REDIS_REFILLS.inc()
+        log.info(
+            "redis refilled",
+            values=len(self._values),
+            lists=len(self._lists),
+            hashes=len(self._hashes),
+        )
+
+    async def _flush_forever(self) -> None:
+        backoff = self._flush_interval
+        # the first pass also plants the sentinel (a refill of whatever is already mirrored)
+        self._refill_needed = True
+        self._wake.set()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            REDIS_PENDING_KEYS.set(self.pending_keys)
+            try:
+                await self.flush()
+            except CACHE_ERRORS as exc:
+                REDIS_ERRORS.inc()
+                if self._healthy or backoff >= self._max_backoff:
+                    log.warning("redis write failed; values kept in memory", error=repr(exc))
+                self._healthy = False
+                # partial pipelines may have landed: rewrite everything from the mirror later
+                self._refill_needed = True
+                self._clear_pending()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                self._wake.set()
+                continue
+            backoff = self._flush_interval
+            await asyncio.sleep(self._flush_interval)
