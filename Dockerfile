@@ -11,7 +11,8 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=build /install /usr/local
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin marketpipe
+RUN groupadd --system --gid 10001 marketpipe \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin marketpipe
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["marketpipe"]

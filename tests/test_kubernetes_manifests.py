@@ -1,0 +1,353 @@
+"""The Kubernetes manifests: valid against the official schemas, consistent with each other and
+with the code (CLI commands, probe paths, settings keys, metric names)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import marketpipe.ops.metrics  # noqa: F401  (registers every metric)
+from marketpipe.cli import COMMANDS
+from marketpipe.config import load_settings
+from marketpipe.infra.local import find_binary
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+# The oldest Kubernetes the manifests support and the newest the validator knows, strict schemas
+# (unknown fields are errors).
+KUBERNETES_VERSIONS = ("1.30", "1.37")
+SERVICES = ("orderbook", "trades", "tickers", "markets", "gateway")
+# Only the leader of these publishes: more replicas add standbys, never throughput.
+LEADER_ELECTED = ("orderbook", "trades", "tickers", "markets")
+SERVICE_PORT = 8080
+CLUSTER_DOMAIN = "svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    index: int
+    body: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        meta = self.body["metadata"]
+        return f"{self.path.relative_to(DEPLOY)}:{self.body['kind']}/{meta['name']}"
+
+
+def _load() -> list[Manifest]:
+    found = []
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for index, body in enumerate(yaml.safe_load_all(path.read_text())):
+            if body:
+                found.append(Manifest(path, index, body))
+    return found
+
+
+MANIFESTS = _load()
+
+
+def _all(kind: str) -> list[dict[str, Any]]:
+    return [m.body for m in MANIFESTS if m.body["kind"] == kind]
+
+
+def _one(kind: str, name: str) -> dict[str, Any]:
+    matches = [b for b in _all(kind) if b["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} named {name}, found {len(matches)}"
+    return matches[0]
+
+
+def _workloads() -> list[dict[str, Any]]:
+    return _all("Deployment") + _all("StatefulSet")
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert "matchExpressions" not in selector, "selectors here use matchLabels only"
+    match = selector.get("matchLabels", selector)
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"]["labels"])
+
+
+def _containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(workload["spec"]["template"]["spec"]["containers"])
+
+
+def _pod_dns(statefulset: dict[str, Any]) -> list[str]:
+    spec, meta = statefulset["spec"], statefulset["metadata"]
+    return [
+        f"{meta['name']}-{i}.{spec['serviceName']}.{meta['namespace']}.{CLUSTER_DOMAIN}"
+        for i in range(spec["replicas"])
+    ]
+
+
+def _container_port(container: dict[str, Any], name: str) -> int:
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    assert name in ports, f"container {container['name']} has no port named {name!r}"
+    return int(ports[name])
+
+
+def _nats_conf() -> str:
+    return str(_one("ConfigMap", "nats-config")["data"]["nats.conf"])
+
+
+def test_manifests_were_found() -> None:
+    kinds = {m.body["kind"] for m in MANIFESTS}
+    assert {"Deployment", "StatefulSet", "Service", "PodDisruptionBudget"} <= kinds
+    assert {"HorizontalPodAutoscaler", "ConfigMap", "Namespace"} <= kinds
+
+
+def test_every_kustomization_lists_every_manifest_beside_it() -> None:
+    kustomizations = sorted(DEPLOY.rglob("kustomization.yaml"))
+    assert DEPLOY / "kustomization.yaml" in kustomizations
+    for kustomization in kustomizations:
+        folder = kustomization.parent
+        listed = set(yaml.safe_load(kustomization.read_text())["resources"])
+        present = {p.name for p in folder.glob("*.yaml") if p != kustomization}
+        present |= {d.name for d in folder.iterdir() if (d / "kustomization.yaml").exists()}
+        assert listed == present, f"{kustomization}: listed {listed}, present {present}"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda m: m.label)
+def test_manifest_is_valid_against_the_kubernetes_schema(manifest: Manifest, version: str) -> None:
+    try:
+        kubernetes_validate.validate(manifest.body, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        pytest.fail(f"{manifest.label} invalid for Kubernetes {version} at {where}: {exc.message}")
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        pytest.fail(exc.message)
+
+
+def test_every_object_is_namespaced_in_a_declared_or_external_namespace() -> None:
+    declared = {n["metadata"]["name"] for n in _all("Namespace")}
+    for manifest in MANIFESTS:
+        if manifest.body["kind"] == "Namespace":
+            continue
+        namespace = manifest.body["metadata"].get("namespace")
+        # the adapter's ConfigMap lives beside prometheus-adapter, installed separately
+        expected = "monitoring" if "prometheus-adapter" in manifest.path.parts else declared
+        assert namespace in expected, manifest.label
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_deployment_runs_its_command_with_probes(service: str) -> None:
+    assert service in COMMANDS
+    deployment = _one("Deployment", service)
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["marketpipe", service, "--port", str(SERVICE_PORT)]
+    assert _container_port(container, "http") == SERVICE_PORT
+    assert {"configMapRef": {"name": "marketpipe-config"}} in container["envFrom"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(SERVICE_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_orderbook_has_a_startup_probe_long_enough_for_its_first_sync() -> None:
+    (container,) = _containers(_one("Deployment", "orderbook"))
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/livez", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+
+
+def test_every_container_is_locked_down_and_sized() -> None:
+    for workload in _workloads():
+        pod_security = workload["spec"]["template"]["spec"]["securityContext"]
+        assert pod_security["runAsNonRoot"] is True, workload["metadata"]["name"]
+        assert pod_security["runAsUser"] > 0
+        for container in _containers(workload):
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, container["name"]
+            assert security["allowPrivilegeEscalation"] is False, container["name"]
+            assert security["capabilities"]["drop"] == ["ALL"], container["name"]
+            for bound in ("requests", "limits"):
+                assert set(container["resources"][bound]) == {"cpu", "memory"}, container["name"]
+            assert container.get("livenessProbe") and container.get("readinessProbe")
+
+
+def test_each_replicated_workload_has_one_disruption_budget_that_selects_only_it() -> None:
+    workloads = _workloads()
+    budgets = _all("PodDisruptionBudget")
+    for budget in budgets:
+        selected = [w for w in workloads if _selects(budget["spec"]["selector"], _pod_labels(w))]
+        assert len(selected) == 1, f"PDB {budget['metadata']['name']} selects {len(selected)}"
+        (workload,) = selected
+        assert workload["metadata"]["name"] == budget["metadata"]["name"]
+        replicas = workload["spec"]["replicas"]
+        # a budget that can never be met would block every node drain
+        if "minAvailable" in budget["spec"]:
+            assert budget["spec"]["minAvailable"] < replicas
+        else:
+            assert budget["spec"]["maxUnavailable"] >= 1
+    budgeted = {b["metadata"]["name"] for b in budgets}
+    replicated = {w["metadata"]["name"] for w in workloads if w["spec"]["replicas"] > 1}
+    assert replicated == budgeted
+    assert set(SERVICES) | {"nats", "etcd"} <= budgeted
+
+
+def test_etcd_budget_keeps_a_quorum() -> None:
+    replicas = _one("StatefulSet", "etcd")["spec"]["replicas"]
+    assert _one("PodDisruptionBudget", "etcd")["spec"]["minAvailable"] == replicas // 2 + 1
+
+
+def test_autoscalers_target_existing_deployments_that_can_scale_out() -> None:
+    autoscalers = _all("HorizontalPodAutoscaler")
+    assert {a["spec"]["scaleTargetRef"]["name"] for a in autoscalers} == {"gateway"}
+    for autoscaler in autoscalers:
+        spec = autoscaler["spec"]
+        target = spec["scaleTargetRef"]
+        assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+        deployment = _one("Deployment", target["name"])
+        assert deployment["metadata"]["namespace"] == autoscaler["metadata"]["namespace"]
+        assert target["name"] not in LEADER_ELECTED
+        assert spec["minReplicas"] == deployment["spec"]["replicas"]
+        assert spec["maxReplicas"] > spec["minReplicas"]
+
+
+def _exported_metric_names() -> set[str]:
+    names = set()
+    for family in REGISTRY.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+    return names
+
+
+def test_custom_metrics_are_exported_by_the_code_and_exposed_by_the_adapter() -> None:
+    adapter = yaml.safe_load(_one("ConfigMap", "marketpipe-adapter-config")["data"]["config.yaml"])
+    exposed = {rule["name"]["as"] for rule in adapter["rules"]}
+    queried = set()
+    for rule in adapter["rules"]:
+        found = re.match(r"^(\w+)\{", rule["seriesQuery"])
+        assert found, rule["seriesQuery"]
+        queried.add(found.group(1))
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    assert queried <= _exported_metric_names()
+    wanted = set()
+    for autoscaler in _all("HorizontalPodAutoscaler"):
+        for metric in autoscaler["spec"]["metrics"]:
+            if metric["type"] in ("Pods", "Object"):
+                wanted.add(metric[metric["type"].lower()]["metric"]["name"])
+    assert "marketpipe_gateway_connections" in wanted
+    assert wanted <= exposed
+
+
+def test_services_and_probes_use_ports_their_pods_declare() -> None:
+    workloads = _workloads()
+    for service in _all("Service"):
+        selected = [w for w in workloads if _selects(service["spec"]["selector"], _pod_labels(w))]
+        assert selected, f"Service {service['metadata']['name']} selects no pods"
+        for workload in selected:
+            (container,) = _containers(workload)
+            for port in service["spec"]["ports"]:
+                target = port["targetPort"]
+                if isinstance(target, str):
+                    _container_port(container, target)
+                else:
+                    assert target in {p["containerPort"] for p in container["ports"]}
+    for workload in workloads:
+        for container in _containers(workload):
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                action = container.get(probe, {})
+                port = (action.get("httpGet") or action.get("tcpSocket") or {}).get("port")
+                if isinstance(port, str):
+                    _container_port(container, port)
+            annotated = workload["spec"]["template"]["metadata"].get("annotations", {})
+            if "prometheus.io/port" in annotated:
+                ports = {p["containerPort"] for p in container["ports"]}
+                assert int(annotated["prometheus.io/port"]) in ports
+
+
+def test_gateway_service_exposes_the_websocket_port() -> None:
+    service = _one("Service", "gateway")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+
+
+def test_nats_config_raises_max_payload_above_a_full_market_snapshot() -> None:
+    found = re.search(r"^\s*max_payload:\s*(\d+)\s*$", _nats_conf(), re.MULTILINE)
+    assert found, "nats.conf must set max_payload (the 1 MB default is too small)"
+    assert int(found.group(1)) >= 8 * 1024 * 1024
+
+
+def test_nats_routes_name_every_replica_on_the_cluster_port() -> None:
+    statefulset = _one("StatefulSet", "nats")
+    assert statefulset["spec"]["replicas"] == 3
+    (container,) = _containers(statefulset)
+    port = _container_port(container, "cluster")
+    routes = re.findall(r"nats-route://([^\s,\]]+)", _nats_conf())
+    assert routes == [f"{host}:{port}" for host in _pod_dns(statefulset)]
+    headless = _one("Service", statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_nats_server_accepts_the_config(tmp_path: Path) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(_nats_conf())
+    result = subprocess.run(
+        [find_binary("nats-server"), "-c", str(conf), "-t"],
+        env={**os.environ, "POD_NAME": "nats-0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_etcd_initial_cluster_names_every_member() -> None:
+    statefulset = _one("StatefulSet", "etcd")
+    (container,) = _containers(statefulset)
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    peer = _container_port(container, "peer")
+    expected = [f"{host.split('.')[0]}=http://{host}:{peer}" for host in _pod_dns(statefulset)]
+    assert args["initial-cluster"].split(",") == expected
+    assert args["name"] == "$(POD_NAME)"
+
+
+def test_shared_config_is_valid_and_points_at_the_deployed_servers() -> None:
+    data = _one("ConfigMap", "marketpipe-config")["data"]
+    assert all(key.startswith("MARKETPIPE_") for key in data)
+    settings = load_settings(environ=data)
+
+    nats = _one("StatefulSet", "nats")
+    client = _container_port(_containers(nats)[0], "client")
+    assert settings.nats_urls == [f"nats://{host}:{client}" for host in _pod_dns(nats)]
+
+    etcd = _one("StatefulSet", "etcd")
+    client = _container_port(_containers(etcd)[0], "client")
+    assert settings.etcd_endpoints == [f"http://{host}:{client}" for host in _pod_dns(etcd)]
+
+    redis = _one("Service", "redis")
+    host = f"{redis['metadata']['name']}.{redis['metadata']['namespace']}.{CLUSTER_DOMAIN}"
+    assert settings.redis_url.startswith(f"redis://{host}:{redis['spec']['ports'][0]['port']}/")
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_builds_every_object() -> None:
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=60
+    )
+    assert built.returncode == 0, built.stderr
+    objects = [o for o in yaml.safe_load_all(built.stdout) if o]
+    assert len(objects) == len(MANIFESTS)
+    images = {c["image"] for o in objects if o["kind"] == "Deployment" for c in _containers(o)}
+    assert "marketpipe" not in images, "kustomize must pin the marketpipe image tag"
