@@ -1,0 +1,139 @@
+"""RedisCache against a real redis-server: writes never wait for Redis, and Redis is refilled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+
+from marketpipe.infra.local import RedisServer
+from marketpipe.transport.redis_cache import (
+    MARKETS_HASH,
+    RedisCache,
+    orderbook_key,
+    trades_key,
+)
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def _eventually(check: Callable[[], object]) -> None:
+    deadline = time.monotonic() + 10.0
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.05)
+
+
+async def test_values_lists_and_hashes_land_under_the_prefix(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    cache = RedisCache(redis_server.url, prefix="t1:", writer="t1")
+    await cache.start()
+    cache.set_value(orderbook_key("BTCUSDT"), b"old")
+    cache.set_value(orderbook_key("BTCUSDT"), b"new")
+    for i in range(25):
+        cache.push_recent(trades_key("BTCUSDT"), str(i).encode())
+    cache.hset(MARKETS_HASH, "BTCUSDT", b"b")
+    cache.hset_many(MARKETS_HASH, {"ETHUSDT": b"e", "BTCUSDT": b"b2"})
+
+    async def landed() -> bool:
+        return await raw.llen("t1:trades:BTCUSDT") == 10 and await raw.hlen("t1:markets") == 2
+
+    await _eventually(landed)
+    assert await raw.get("t1:orderbook:BTCUSDT") == b"new"
+    newest_first = [str(i).encode() for i in range(24, 14, -1)]
+    assert await raw.lrange("t1:trades:BTCUSDT", 0, -1) == newest_first
+    assert await cache.get_recent(trades_key("BTCUSDT")) == newest_first
+    assert await cache.get_value(orderbook_key("BTCUSDT")) == b"new"
+    assert await cache.hgetall(MARKETS_HASH) == {"BTCUSDT": b"b2", "ETHUSDT": b"e"}
+    await cache.close()
+
+
+async def test_redis_down_never_blocks_writers_and_pending_values_land_on_return(
+    fresh_redis: RedisServer,
+) -> None:
+    assert fresh_redis.process is not None
+    cache = RedisCache(fresh_redis.url, writer="t2", max_backoff=0.3)
+    await cache.start()
+    cache.set_value("ticker:BTCUSDT", b"before")
+    await _eventually(lambda: cache.healthy)
+    errors_before = REGISTRY.get_sample_value("marketpipe_redis_errors_total") or 0
+
+    fresh_redis.process.kill()
+    started = time.perf_counter()
+    for i in range(20_000):
+        cache.set_value(f"ticker:S{i % 500}", str(i).encode())
+        cache.push_recent("trades:BTCUSDT", str(i).encode())
+    assert time.perf_counter() - started < 2.0  # in-memory only: no network wait per write
+    await _eventually(lambda: not cache.healthy)
+    assert (REGISTRY.get_sample_value("marketpipe_redis_errors_total") or 0) > errors_before
+    # reads fail soft too
+    assert await cache.get_value("ticker:BTCUSDT") is None
+
+    fresh_redis.process.start()  # same port, empty: it lost everything
+    raw = aioredis.from_url(fresh_redis.url)
+    try:
+        await _eventually(lambda: raw.get("marketpipe:ticker:S499"))
+        assert await raw.get("marketpipe:ticker:S499") == b"19999"
+        assert await raw.get("marketpipe:ticker:BTCUSDT") == b"before"  # refilled
+        assert await raw.lrange("marketpipe:trades:BTCUSDT", 0, 1) == [b"19999", b"19998"]
+        assert await raw.llen("marketpipe:trades:BTCUSDT") == 10
+    finally:
+        await raw.aclose()
+        await cache.close()
+
+
+async def test_data_lost_without_an_error_is_refilled(fresh_redis: RedisServer) -> None:
+    cache = RedisCache(fresh_redis.url, writer="t3")
+    await cache.start()
+    cache.set_value(orderbook_key("ETHUSDT"), b"book")
+    cache.hset(MARKETS_HASH, "ETHUSDT", b"tick")
+    raw = aioredis.from_url(fresh_redis.url)
+    try:
+        await _eventually(lambda: raw.get("marketpipe:orderbook:ETHUSDT"))
+        await raw.flushall()  # as a restart between two flushes would leave it
+        cache.push_recent(trades_key("ETHUSDT"), b"t1")  # the next write notices and refills
+        await _eventually(lambda: raw.get("marketpipe:orderbook:ETHUSDT"))
+        assert await raw.hgetall("marketpipe:markets") == {b"ETHUSDT": b"tick"}
+        assert await raw.lrange("marketpipe:trades:ETHUSDT", 0, -1) == [b"t1"]
+    finally:
+        await raw.aclose()
+        await cache.close()
+
+
+async def test_pending_writes_are_flushed_on_close(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    cache = RedisCache(redis_server.url, prefix="t4:", writer="t4", flush_interval=30)
+    await cache.start()
+    await _eventually(lambda: cache.healthy)
+    cache.set_value("ticker:BTCUSDT", b"last")
+    await cache.close()
+    assert await raw.get("t4:ticker:BTCUSDT") == b"last"
+
+
+async def test_the_mirror_is_bounded_by_key_count(redis_server: RedisServer) -> None:
+    cache = RedisCache(redis_server.url, prefix="t5:", writer="t5", max_keys=3)
+    for i in range(5):
+        cache.set_value(f"k{i}", b"v")
+    cache.set_value("k0", b"updated")  # known keys still update
+    assert cache.pending_keys == 3
+    await cache.start()
+    await _eventually(lambda: cache.get_value("k0"))
+    assert await cache.get_value("k0") == b"updated"
+    assert await cache.get_value("k4") is None
+    await cache.close()
