@@ -13,7 +13,7 @@ errors ``{"error": {"code": 400, "message": ...}, "id": ...}``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -184,21 +184,33 @@ def merge_data_frames(older: bytes, newer: bytes) -> bytes:
     return orjson.dumps({"topic": new["topic"], "data": {**old["data"], **new["data"]}})
 
 
-def json_object_from_pairs(pairs: dict[bytes, bytes]) -> bytes:
+def json_object_from_pairs(pairs: dict[str, bytes]) -> bytes:
     """Cached ``{symbol: ticker JSON}`` hash -> one JSON object, splicing the values as is."""
-    return (
-        b"{"
-        + b",".join(orjson.dumps(k.decode()) + b":" + v for k, v in sorted(pairs.items()))
-        + b"}"
-    )
+    return b"{" + b",".join(orjson.dumps(k) + b":" + v for k, v in sorted(pairs.items())) + b"}"
 
 
 def json_array(items: list[bytes]) -> bytes:
     return b"[" + b",".join(items) + b"]"
 
 
-def accept_any_symbol(_symbol: str) -> bool:
-    return True
+class KnownSymbols:
+    """The symbols clients may name, replaced whole when a new assets list arrives.
+
+    Until the first list arrives any well-formed symbol passes: refusing every client while
+    the assets API is slow to answer would be worse than serving a topic that stays silent.
+    """
+
+    def __init__(self) -> None:
+        self._symbols: frozenset[str] = frozenset()
+
+    def replace(self, symbols: Iterable[str]) -> None:
+        self._symbols = frozenset(symbols)
+
+    def __len__(self) -> int:
+        return len(self._symbols)
+
+    def __call__(self, symbol: str) -> bool:
+        return not self._symbols or symbol in self._symbols
 
 
 def symbols_in(symbols: Container[str]) -> SymbolCheck:

@@ -139,7 +139,7 @@ def test_merged_market_deltas_keep_every_pair_newest_winning(
 
 
 def test_cached_hash_becomes_one_object() -> None:
-    pairs = {b"BTCUSDT": b'{"c":"1"}', b"ETHUSDT": b'{"c":"2"}'}
+    pairs = {"BTCUSDT": b'{"c":"1"}', "ETHUSDT": b'{"c":"2"}'}
     assert orjson.loads(json_object_from_pairs(pairs)) == {
         "BTCUSDT": {"c": "1"},
         "ETHUSDT": {"c": "2"},

@@ -1,0 +1,340 @@
+"""The gateway's I/O shell: aiohttp WebSocket endpoint, NATS subscriptions, Redis reads.
+
+Everything that decides lives in the pure modules (``session``, ``hub``, ``send_queue``); this
+module moves bytes between them and the sockets:
+
+- ``/ws`` and ``/`` (with an Upgrade header) speak DESIGN §4; a plain GET ``/`` serves the page.
+- One NATS subscription per wanted topic, opened on the first client's interest and closed
+  after the last one leaves.
+- Each client has a writer task draining its bounded send queue, so a slow socket stalls only
+  its own writer; a client whose backlog passes the bound is closed with 1013.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from marketpipe.config import Settings
+from marketpipe.gateway.hub import Hub
+from marketpipe.gateway.protocol import (
+    MARKETS_SNAPSHOT,
+    Conflation,
+    SymbolCheck,
+    data_frame,
+    frame_prefix,
+    json_array,
+    json_object_from_pairs,
+)
+from marketpipe.gateway.send_queue import Pushed, SendQueue
+from marketpipe.gateway.session import CLOSE_TRY_AGAIN_LATER, ClientSession, Limits, Outcome
+from marketpipe.logs import get_logger
+from marketpipe.ops.metrics import (
+    BAD_INPUT,
+    GATEWAY_CONNECTIONS,
+    GATEWAY_DISCONNECTS,
+    GATEWAY_DROPPED,
+    GATEWAY_SUBSCRIPTIONS,
+)
+from marketpipe.transport.nats import NatsClient
+from marketpipe.transport.redis_cache import (
+    MARKETS_HASH,
+    RedisCache,
+    orderbook_key,
+    ticker_key,
+    trades_key,
+)
+
+log = get_logger("marketpipe.gateway")
+
+STATIC_DIR = Path(__file__).parent / "static"
+CLOSE_GOING_AWAY = 1001
+# a message between max_message_bytes and this gets an error reply; beyond it aiohttp closes
+# the connection (1009) without reading the message into memory
+HARD_MESSAGE_CAP = 64 * 1024
+# how long a close handshake with a stuck client may take before the socket is cut
+CLOSE_TIMEOUT = 1.0
+
+_DROPPED_CONFLATED = GATEWAY_DROPPED.labels("conflated")
+_DROPPED_SLOW = GATEWAY_DROPPED.labels("slow_client")
+
+
+class ClientConnection:
+    """One WebSocket client: its session, its send queue and the task that writes it out."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        session: ClientSession,
+        backlog: int,
+        on_slow: Callable[[ClientConnection], None],
+    ) -> None:
+        self.ws = ws
+        self.request = request
+        self.session = session
+        self.queue = SendQueue(backlog)
+        self._wake = asyncio.Event()
+        self._on_slow = on_slow
+        self.writer: asyncio.Task[None] | None = None
+
+    def deliver(self, topic: str | None, frame: bytes, how: Conflation = Conflation.NONE) -> None:
+        pushed = self.queue.push(frame, topic, how)
+        if pushed is Pushed.QUEUED:
+            self._wake.set()
+        elif pushed is Pushed.CONFLATED:
+            _DROPPED_CONFLATED.inc()
+        elif pushed is Pushed.OVERFLOW:
+            self._on_slow(self)
+
+    async def write_forever(self) -> None:
+        ws = self.ws
+        text = WSMsgType.TEXT
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                for frame in self.queue.take_all():
+                    await ws.send_frame(frame, text)
+        except (ConnectionError, RuntimeError) as exc:
+            # the peer went away mid-write; the reader side notices and cleans up
+            log.debug("client write failed", error=repr(exc))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code``; a client that does not take the close frame in time is cut."""
+        if self.writer is not None:
+            self.writer.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.ws.close(code=code, message=reason.encode())
+        except (TimeoutError, ConnectionError):
+            if self.request.transport is not None:
+                self.request.transport.abort()
+
+
+class Gateway:
+    """The gateway's routes and fan-out; ``start``/``stop`` follow the service lifecycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        nats: NatsClient,
+        cache: RedisCache | None,
+        known_symbol: SymbolCheck,
+    ) -> None:
+        self.settings = settings
+        self.nats = nats
+        self.cache = cache
+        self.known_symbol = known_symbol
+        self.hub = Hub()
+        self.limits = Limits(
+            max_topics=settings.gateway_max_topics,
+            max_message_bytes=settings.gateway_max_message_bytes,
+            messages_per_second=settings.gateway_max_messages_per_second,
+        )
+        self.clients: set[ClientConnection] = set()
+        self._upstream: dict[str, Any] = {}  # topic -> NATS subscription
+        self._upstream_lock = asyncio.Lock()
+        self._closers: set[asyncio.Task[None]] = set()
+        self._accepting = False  # until start(): NATS must be connected first
+
+    # --- routes ---
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/ws", self.handle_websocket)
+        app.router.add_get("/", self.handle_root)
+        app.router.add_static("/static/", STATIC_DIR, name="static")
+
+    async def handle_root(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self.handle_websocket(request)
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        settings = self.settings
+        if not self._accepting:
+            return web.Response(status=503, text="gateway is not serving yet or any more\n")
+        if len(self.clients) >= settings.gateway_max_connections:
+            GATEWAY_DISCONNECTS.labels("connection_limit").inc()
+            return web.Response(status=503, text="too many connections\n")
+        if settings.gateway_auth_tokens and not self._authorised(request):
+            BAD_INPUT.labels("gateway", "bad_token").inc()
+            return web.Response(
+                status=401,
+                text="a valid bearer token is required\n",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        origin = request.headers.get("Origin")
+        allowed = settings.gateway_allowed_origins
+        if allowed and origin is not None and origin not in allowed:
+            BAD_INPUT.labels("gateway", "bad_origin").inc()
+            return web.Response(status=403, text=f"origin {origin!r} is not allowed\n")
+        return None
+
+    def _authorised(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, credential = header.partition(" ")
+        token = credential.strip() if scheme.lower() == "bearer" else request.query.get("token", "")
+        return any(
+            hmac.compare_digest(token.encode(), good.encode())
+            for good in self.settings.gateway_auth_tokens
+        )
+
+    async def handle_websocket(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        settings = self.settings
+        ws = web.WebSocketResponse(
+            heartbeat=settings.gateway_ping_seconds,
+            compress=settings.gateway_compression,
+            max_msg_size=max(HARD_MESSAGE_CAP, 2 * settings.gateway_max_message_bytes),
+            decode_text=False,
+        )
+        await ws.prepare(request)
+        loop = asyncio.get_running_loop()
+        session = ClientSession(self.limits, self.known_symbol, loop.time())
+        client = ClientConnection(
+            ws, request, session, settings.gateway_max_backlog, self._cut_slow
+        )
+        client.writer = asyncio.create_task(client.write_forever(), name="gateway-client-writer")
+        self.clients.add(client)
+        GATEWAY_CONNECTIONS.set(len(self.clients))
+        try:
+            await self._read_forever(client)
+        finally:
+            self.clients.discard(client)
+            GATEWAY_CONNECTIONS.set(len(self.clients))
+            await self._leave_all(client)
+            client.writer.cancel()
+        return ws
+
+    async def _read_forever(self, client: ClientConnection) -> None:
+        ws, session = client.ws, client.session
+        loop = asyncio.get_running_loop()
+        idle = self.settings.gateway_idle_timeout_seconds
+        while not ws.closed:
+            try:
+                # a client holding topics may stay silent forever; one holding none may not
+                msg = await ws.receive(timeout=None if session.topics else idle)
+            except TimeoutError:
+                GATEWAY_DISCONNECTS.labels("idle").inc()
+                await client.close(1000, "idle timeout")
+                return
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                outcome = session.receive(msg.data, loop.time())
+                await self._carry_out(client, outcome)
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            elif msg.type is WSMsgType.ERROR:
+                log.info("client connection error", error=repr(ws.exception()))
+                return
+
+    async def _carry_out(self, client: ClientConnection, outcome: Outcome) -> None:
+        if outcome.bad_input is not None:
+            BAD_INPUT.labels("gateway", outcome.bad_input).inc()
+        if outcome.close_code is not None:
+            GATEWAY_DISCONNECTS.labels(outcome.bad_input or "policy").inc()
+            log.info("closing client", code=outcome.close_code, reason=outcome.close_reason)
+            await client.close(outcome.close_code, outcome.close_reason)
+            return
+        if outcome.reply is not None:
+            client.deliver(None, outcome.reply)
+        for topic in outcome.left:
+            client.queue.discard(topic)
+            if self.hub.remove(client, topic):
+                await self._reconcile(topic)
+        for topic in outcome.joined:
+            joined = self.hub.add(client, topic)
+            if joined.first:
+                await self._reconcile(topic)
+            if joined.needs_cache:
+                await self._offer_cached(topic)
+        for topic in outcome.once:
+            await self._send_recent_trades(client, topic)
+        GATEWAY_SUBSCRIPTIONS.set(len(self._upstream))
+
+    async def _leave_all(self, client: ClientConnection) -> None:
+        topics = list(client.session.topics)
+        client.session.topics.clear()
+        for topic in topics:
+            self.hub.remove(client, topic)  # may already be gone: a slow client is cut first
+            if not self.hub.wanted(topic):
+                await self._reconcile(topic)
+        GATEWAY_SUBSCRIPTIONS.set(len(self._upstream))
+
+    def _cut_slow(self, client: ClientConnection) -> None:
+        """Called from inside a fan-out: stop feeding the client now, close it soon after."""
+        GATEWAY_DISCONNECTS.labels("slow").inc()
+        _DROPPED_SLOW.inc(len(client.queue))
+        for topic in client.session.topics:
+            self.hub.remove(client, topic)  # upstream interest is reconciled by _leave_all
+        task = asyncio.get_running_loop().create_task(
+            client.close(CLOSE_TRY_AGAIN_LATER, "backlog too large")
+        )
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+        log.info("closing slow client", backlog=len(client.queue))
+
+    # --- upstream ---
+
+    async def _reconcile(self, topic: str) -> None:
+        """Make the NATS subscription for ``topic`` exist exactly while someone wants it."""
+        async with self._upstream_lock:
+            wanted, held = self.hub.wanted(topic), topic in self._upstream
+            if wanted and not held:
+                subject = topic.replace("@", ".", 1)
+                self._upstream[topic] = await self.nats.subscribe(subject, self._on_nats)
+            elif held and not wanted:
+                with contextlib.suppress(Exception):
+                    await self._upstream.pop(topic).unsubscribe()
+
+    async def _on_nats(self, subject: str, payload: bytes) -> None:
+        self.hub.publish(subject.replace(".", "@", 1), payload)
+
+    async def _offer_cached(self, topic: str) -> None:
+        if self.cache is None:
+            return
+        channel, _, symbol = topic.partition("@")
+        if topic == MARKETS_SNAPSHOT:
+            pairs = await self.cache.hgetall(MARKETS_HASH)
+            value = json_object_from_pairs(pairs) if pairs else None
+        elif channel == "orderbook":
+            value = await self.cache.get_value(orderbook_key(symbol))
+        else:
+            value = await self.cache.get_value(ticker_key(symbol))
+        if value is not None:
+            self.hub.publish(topic, value, from_cache=True)
+
+    async def _send_recent_trades(self, client: ClientConnection, topic: str) -> None:
+        symbol = topic.partition("@")[2]
+        trades = await self.cache.get_recent(trades_key(symbol)) if self.cache else []
+        client.deliver(None, data_frame(frame_prefix(topic), json_array(trades)))
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        self._accepting = True
+
+    def ready(self) -> bool:
+        return self._accepting
+
+    async def stop(self) -> None:
+        """Refuse new clients, tell the connected ones we are going (1001), drop NATS interest."""
+        self._accepting = False
+        clients = list(self.clients)
+        await asyncio.gather(
+            *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in clients),
+            return_exceptions=True,
+        )
+        async with self._upstream_lock:
+            for sub in self._upstream.values():
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            self._upstream.clear()
