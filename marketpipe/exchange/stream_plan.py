@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from marketpipe.config import Settings
 from marketpipe.exchange.backoff import Backoff
 
 EXCHANGE_MAX_STREAMS_PER_CONNECTION = 1024
@@ -155,6 +156,15 @@ class StreamPlan:
     _links: dict[int, LinkState] = field(default_factory=dict, repr=False)
     _outbox: list[Action] = field(default_factory=list, repr=False)
     _next_id: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamPlan:
+        return cls(
+            per_connection=settings.streams_per_connection,
+            silent_seconds=settings.silent_connection_seconds,
+            max_age_seconds=settings.max_connection_age_seconds,
+            backoff_cap_seconds=settings.reconnect_backoff_max_seconds,
+        )
 
     def __post_init__(self) -> None:
         if not 1 <= self.per_connection <= EXCHANGE_MAX_STREAMS_PER_CONNECTION:

@@ -17,7 +17,6 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from marketpipe.config import Settings
 from marketpipe.exchange.stream_plan import (
     Action,
     CloseLink,
@@ -88,29 +87,6 @@ class StreamHub:
         self._closers: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._kind_counters: dict[str, Any] = {}
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        on_frame: OnFrame,
-        *,
-        on_streams_down: OnStreams = ignore,
-        on_streams_up: OnStreams = ignore,
-    ) -> StreamHub:
-        plan = StreamPlan(
-            per_connection=settings.streams_per_connection,
-            silent_seconds=settings.silent_connection_seconds,
-            max_age_seconds=settings.max_connection_age_seconds,
-            backoff_cap_seconds=settings.reconnect_backoff_max_seconds,
-        )
-        return cls(
-            settings.binance_ws_url,
-            on_frame,
-            on_streams_down=on_streams_down,
-            on_streams_up=on_streams_up,
-            plan=plan,
-        )
 
     # What the consumer wants.
     def set_streams(self, streams: Iterable[str]) -> None:
