@@ -1,0 +1,117 @@
+"""The markets service: the pure whole-market model, and end to end against the simulator."""
+
+from __future__ import annotations
+
+import msgspec
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from marketpipe.exchange.messages import Ticker
+from marketpipe.services.feed_messages import tickers_from_rest
+from marketpipe.services.markets_model import MarketsModel
+
+
+def make_ticker(symbol: str, price: str, event_time: int = 1000) -> Ticker:
+    return Ticker(
+        E=event_time, s=symbol, p="0", P="0", w=price, c=price, Q="1", b=price, B="1", a=price,
+        A="1", o=price, h=price, l=price, v="1", q="1", O=0, C=event_time, F=1, L=2, n=2, x=price,
+    )  # fmt: skip
+
+
+def test_rest_ticker_rows_become_stream_tickers() -> None:
+    row = {
+        "symbol": "BTCUSDT", "priceChange": "-512.30000000", "priceChangePercent": "-0.830",
+        "weightedAvgPrice": "61544.12000000", "prevClosePrice": "61746.31000000",
+        "lastPrice": "61234.01000000", "lastQty": "0.00120000", "bidPrice": "61234.01000000",
+        "bidQty": "0.51200000", "askPrice": "61234.02000000", "askQty": "0.00300000",
+        "openPrice": "61746.31000000", "highPrice": "62100.00000000",
+        "lowPrice": "60800.00000000", "volume": "15234.11000000",
+        "quoteVolume": "937599345.12000000", "openTime": 1765345700000,
+        "closeTime": 1765432100000, "firstId": 3990000000, "lastId": 3991234567,
+        "count": 1234568,
+    }  # fmt: skip
+    tickers, bad = tickers_from_rest([row, {"symbol": "ETHUSDT", "lastPrice": 3}])
+    assert bad == 1
+    (ticker,) = tickers
+    message = orjson.loads(msgspec.json.encode(ticker))
+    assert message["e"] == "24hrTicker" and message["s"] == "BTCUSDT"
+    assert message["E"] == message["C"] == 1765432100000
+    assert (message["c"], message["b"], message["a"]) == (
+        "61234.01000000",
+        "61234.01000000",
+        "61234.02000000",
+    )
+    assert (message["F"], message["L"], message["n"]) == (3990000000, 3991234567, 1234568)
+    assert message["x"] == "61746.31000000"
+
+
+def test_tick_reports_only_changed_or_new_pairs() -> None:
+    model = MarketsModel()
+    assert model.tick().snapshot is None
+    model.apply(make_ticker("BTCUSDT", "1.0"))
+    model.apply(make_ticker("ETHUSDT", "2.0"))
+    first = model.tick()
+    assert set(first.changed) == {"BTCUSDT", "ETHUSDT"}
+    assert first.snapshot is not None and set(orjson.loads(first.snapshot)) == {
+        "BTCUSDT",
+        "ETHUSDT",
+    }
+    assert model.tick().data is None  # nothing changed
+    model.apply(make_ticker("BTCUSDT", "1.0", 2000))  # new event, same price: not a change
+    model.apply(make_ticker("ETHUSDT", "2.5", 2000))
+    model.apply(make_ticker("BNBUSDT", "3.0", 2000))
+    tick = model.tick()
+    assert tick.data is not None
+    data = orjson.loads(tick.data)
+    assert set(data) == {"ETHUSDT", "BNBUSDT"}
+    assert data["ETHUSDT"]["c"] == "2.5"
+    assert tick.snapshot is not None and len(orjson.loads(tick.snapshot)) == 3
+
+
+def test_older_ticker_is_ignored() -> None:
+    model = MarketsModel()
+    assert model.apply(make_ticker("BTCUSDT", "2.0", 2000)) is not None
+    assert model.apply(make_ticker("BTCUSDT", "1.0", 1000)) is None
+    snapshot = model.tick().snapshot
+    assert snapshot is not None and orjson.loads(snapshot)["BTCUSDT"]["c"] == "2.0"
+
+
+def test_universe_drops_delisted_and_rejects_strangers() -> None:
+    model = MarketsModel()
+    model.apply(make_ticker("BTCUSDT", "1.0"))
+    model.apply(make_ticker("OLDUSDT", "1.0"))
+    model.tick()
+    assert model.set_universe({"BTCUSDT", "NEWUSDT"}) == ["OLDUSDT"]
+    assert model.missing() == ["NEWUSDT"]
+    assert model.apply(make_ticker("OLDUSDT", "5.0", 5000)) is None
+    model.apply(make_ticker("NEWUSDT", "1.0"))
+    tick = model.tick()
+    assert tick.changed == ("NEWUSDT",)
+    assert tick.snapshot is not None and set(orjson.loads(tick.snapshot)) == {
+        "BTCUSDT",
+        "NEWUSDT",
+    }
+
+
+SYMBOLS = st.sampled_from(["AUSDT", "BUSDT", "CUSDT", "DUSDT"])
+PRICES = st.sampled_from(["1.0", "1.5", "2.0"])
+
+
+@given(st.lists(st.lists(st.tuples(SYMBOLS, PRICES), max_size=8), max_size=12))
+def test_data_carries_exactly_the_changed_pairs(rounds: list[list[tuple[str, str]]]) -> None:
+    model = MarketsModel()
+    seen: dict[str, str] = {}
+    event_time = 0
+    for updates in rounds:
+        before = dict(seen)
+        for symbol, price in updates:
+            event_time += 1
+            model.apply(make_ticker(symbol, price, event_time))
+            seen[symbol] = price
+        tick = model.tick()
+        expected = {s: p for s, p in seen.items() if before.get(s) != p}
+        data = orjson.loads(tick.data) if tick.data else {}
+        assert {s: m["c"] for s, m in data.items()} == expected
+        snapshot = orjson.loads(tick.snapshot) if tick.snapshot else {}
+        assert {s: m["c"] for s, m in snapshot.items()} == seen
