@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from marketpipe.logs import get_logger
+from marketpipe.ops import metrics as _metrics  # noqa: F401  (every metric shows from the start)
 
 log = get_logger("marketpipe.ops.http")
 
