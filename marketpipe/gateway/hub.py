@@ -3,8 +3,7 @@
 Pure and synchronous. The shell tells the hub when a client joins or leaves a topic and
 hands it every message (live from NATS, or the cached value from Redis); the hub builds the
 frame once, passes it through the topic's ordering guard and gives the same bytes to every
-subscriber. ``add`` reports the first interest in a topic and ``remove`` the last, so the shell
-keeps exactly one NATS subscription per wanted topic.
+subscriber. ``wanted`` tells the shell which topics need a NATS subscription.
 """
 
 from __future__ import annotations
@@ -37,12 +36,6 @@ class _Topic:
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Joined:
-    first: bool  # no one wanted this topic before: subscribe upstream
-    needs_cache: bool  # a latest-value topic with nothing in memory: read the cache
-
-
 class Hub:
     def __init__(self) -> None:
         self._topics: dict[str, _Topic] = {}
@@ -66,13 +59,13 @@ class Hub:
     def wanted(self, topic: str) -> bool:
         return self.subscriber_count(topic) > 0
 
-    def add(self, subscriber: Subscriber, topic: str) -> Joined:
+    def add(self, subscriber: Subscriber, topic: str) -> bool:
+        """Join and get the newest value at once; True if it must be read from the cache."""
         state = self._state(topic)
-        first = not state.subscribers
         state.subscribers[subscriber] = None
         if state.latest is not None:
             subscriber.deliver(topic, state.latest, state.how)
-        return Joined(first, state.latest is None and sends_latest_on_subscribe(topic))
+        return state.latest is None and sends_latest_on_subscribe(topic)
 
     def remove(self, subscriber: Subscriber, topic: str) -> bool:
         """True when that was the last subscriber."""

@@ -244,37 +244,34 @@ class Gateway:
             log.info("closing client", code=outcome.close_code, reason=outcome.close_reason)
             await client.close(outcome.close_code, outcome.close_reason)
             return
+        if outcome.joined:
+            # upstream first: "subscribed" means live messages are already on their way
+            await self._open_upstream(outcome.joined)
         if outcome.reply is not None:
             client.deliver(None, outcome.reply)
         for topic in outcome.left:
             client.queue.discard(topic)
-            if self.hub.remove(client, topic):
-                await self._reconcile(topic)
+            self.hub.remove(client, topic)
+        await self._close_unwanted(outcome.left)
         for topic in outcome.joined:
-            joined = self.hub.add(client, topic)
-            if joined.first:
-                await self._reconcile(topic)
-            if joined.needs_cache:
+            if self.hub.add(client, topic):
                 await self._offer_cached(topic)
         for topic in outcome.once:
             await self._send_recent_trades(client, topic)
-        GATEWAY_SUBSCRIPTIONS.set(len(self._upstream))
 
     async def _leave_all(self, client: ClientConnection) -> None:
-        topics = list(client.session.topics)
+        topics = tuple(client.session.topics)
         client.session.topics.clear()
         for topic in topics:
             self.hub.remove(client, topic)  # may already be gone: a slow client is cut first
-            if not self.hub.wanted(topic):
-                await self._reconcile(topic)
-        GATEWAY_SUBSCRIPTIONS.set(len(self._upstream))
+        await self._close_unwanted(topics)
 
     def _cut_slow(self, client: ClientConnection) -> None:
         """Called from inside a fan-out: stop feeding the client now, close it soon after."""
         GATEWAY_DISCONNECTS.labels("slow").inc()
         _DROPPED_SLOW.inc(len(client.queue))
         for topic in client.session.topics:
-            self.hub.remove(client, topic)  # upstream interest is reconciled by _leave_all
+            self.hub.remove(client, topic)  # upstream interest is closed by _leave_all
         task = asyncio.get_running_loop().create_task(
             client.close(CLOSE_TRY_AGAIN_LATER, "backlog too large")
         )
@@ -284,16 +281,28 @@ class Gateway:
 
     # --- upstream ---
 
-    async def _reconcile(self, topic: str) -> None:
-        """Make the NATS subscription for ``topic`` exist exactly while someone wants it."""
+    async def _open_upstream(self, topics: tuple[str, ...]) -> None:
         async with self._upstream_lock:
-            wanted, held = self.hub.wanted(topic), topic in self._upstream
-            if wanted and not held:
-                subject = topic.replace("@", ".", 1)
-                self._upstream[topic] = await self.nats.subscribe(subject, self._on_nats)
-            elif held and not wanted:
-                with contextlib.suppress(Exception):
-                    await self._upstream.pop(topic).unsubscribe()
+            opened = False
+            for topic in topics:
+                if topic not in self._upstream:
+                    subject = topic.replace("@", ".", 1)
+                    self._upstream[topic] = await self.nats.subscribe(subject, self._on_nats)
+                    opened = True
+            if opened:
+                try:
+                    await self.nats.flush()  # the server has our interest once this returns
+                except Exception as exc:  # NATS down: nats-py resubscribes on reconnect
+                    log.warning("nats flush after subscribe failed", error=repr(exc))
+            GATEWAY_SUBSCRIPTIONS.set(len(self._upstream))
+
+    async def _close_unwanted(self, topics: tuple[str, ...]) -> None:
+        async with self._upstream_lock:
+            for topic in topics:
+                if topic in self._upstream and not self.hub.wanted(topic):
+                    with contextlib.suppress(Exception):
+                        await self._upstream.pop(topic).unsubscribe()
+            GATEWAY_SUBSCRIPTIONS.set(len(self._upstream))
 
     async def _on_nats(self, subject: str, payload: bytes) -> None:
         self.hub.publish(subject.replace(".", "@", 1), payload)

@@ -136,17 +136,17 @@ class Recorder:
         self.frames.append((topic, frame))
 
 
-def test_hub_one_upstream_interest_and_latest_on_join() -> None:
+def test_hub_wanted_while_subscribed_and_latest_on_join() -> None:
     hub = Hub()
     a, b = Recorder(), Recorder()
-    joined = hub.add(a, "orderbook@BTCUSDT")
-    assert joined.first and joined.needs_cache
+    assert hub.add(a, "orderbook@BTCUSDT")  # nothing in memory: read the cache
+    assert hub.wanted("orderbook@BTCUSDT")
     assert hub.publish("orderbook@BTCUSDT", book(5)) == 1
-    joined = hub.add(b, "orderbook@BTCUSDT")
-    assert not joined.first and not joined.needs_cache
+    assert not hub.add(b, "orderbook@BTCUSDT")
     assert b.frames == a.frames  # the newest value at once, the very same bytes
     assert not hub.remove(a, "orderbook@BTCUSDT")
     assert hub.remove(b, "orderbook@BTCUSDT")
+    assert not hub.wanted("orderbook@BTCUSDT")
     assert hub.publish("orderbook@BTCUSDT", book(6)) == 0
 
 

@@ -1,0 +1,292 @@
+"""The gateway over real sockets, fed through real NATS and Redis (DESIGN §4).
+
+Until the producing services exist these tests publish contract-shaped messages (DESIGN §2)
+and write contract-shaped cache values (DESIGN §3) themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import nats
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from nats.aio.client import Client as Nats
+
+from tests.gateway.conftest import GatewayFactory, RunningGateway
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def book(update_id: int, seq: int = 1, epoch: int = 1, symbol: str = "BTCUSDT") -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "lastUpdateId": update_id,
+        "E": 1_700_000_000_000 + update_id,
+        "seq": seq,
+        "epoch": epoch,
+        "bids": [["100.00", "1.5"], ["99.99", "2"]],
+        "asks": [["100.01", "0.5"]],
+    }
+
+
+def trade(trade_id: int, symbol: str = "BTCUSDT") -> dict[str, Any]:
+    return {
+        "e": "trade", "E": 1_700_000_000_000 + trade_id, "s": symbol, "t": trade_id,
+        "p": "100.00", "q": "0.01", "T": 1_700_000_000_000 + trade_id, "m": True, "sd": "SELL",
+    }  # fmt: skip
+
+
+def ticker(event_time: int, symbol: str = "BTCUSDT", last: str = "100.00") -> dict[str, Any]:
+    return {"e": "24hrTicker", "E": event_time, "s": symbol, "c": last, "p": "1.0", "P": "1.0"}
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway: GatewayFactory) -> RunningGateway:
+    return start_gateway(
+        gateway_max_topics="8",
+        gateway_max_message_bytes="512",
+        gateway_max_messages_per_second="20",
+    )
+
+
+@pytest.fixture
+async def publisher(gateway: RunningGateway) -> AsyncIterator[Nats]:
+    nc = await nats.connect(gateway.nats_url)
+    yield nc
+    await nc.close()
+
+
+@pytest.fixture
+async def cache(gateway: RunningGateway) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(gateway.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def publish(nc: Nats, subject: str, message: Any) -> None:
+    await nc.publish(subject, orjson.dumps(message))
+    await nc.flush()
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> Any:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    return orjson.loads(msg.data)
+
+
+async def request(
+    ws: aiohttp.ClientWebSocketResponse, action: str, topics: Any, request_id: Any = 1
+) -> Any:
+    await ws.send_bytes(orjson.dumps({"action": action, "topics": topics, "id": request_id}))
+    return await receive(ws)
+
+
+async def nothing_arrives(ws: aiohttp.ClientWebSocketResponse, within: float = 0.3) -> bool:
+    try:
+        msg = await ws.receive(timeout=within)
+    except TimeoutError:
+        return True
+    raise AssertionError(f"unexpected message {msg}")
+
+
+async def test_subscribe_receive_unsubscribe(
+    gateway: RunningGateway, publisher: Nats, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(gateway.ws_url) as ws:
+        reply = await request(ws, "subscribe", "trades@ETHUSDT", 7)
+        assert reply == {"result": "subscribed", "topics": ["trades@ETHUSDT"], "id": 7}
+        await publish(publisher, "trades.ETHUSDT", trade(1, "ETHUSDT"))
+        assert await receive(ws) == {"topic": "trades@ETHUSDT", "data": trade(1, "ETHUSDT")}
+        reply = await request(ws, "unsubscribe", ["trades@ETHUSDT"], "x")
+        assert reply == {"result": "unsubscribed", "topics": ["trades@ETHUSDT"], "id": "x"}
+        await publish(publisher, "trades.ETHUSDT", trade(2, "ETHUSDT"))
+        assert await nothing_arrives(ws)
+
+
+async def test_the_legacy_root_path_speaks_the_same_protocol(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(gateway.http_url + "/") as ws:
+        reply = await request(ws, "subscribe", "tickers@BNBUSDT")
+        assert reply["result"] == "subscribed"
+    async with http.get(gateway.http_url + "/") as page:
+        assert page.status == 200 and "text/html" in page.content_type
+
+
+async def test_every_channel(
+    gateway: RunningGateway,
+    publisher: Nats,
+    cache: aioredis.Redis,
+    http: aiohttp.ClientSession,
+) -> None:
+    prefix = gateway.redis_prefix
+    for t in (1, 2, 3):  # LPUSH: newest first
+        await cache.lpush(f"{prefix}trades:SOLUSDT", orjson.dumps(trade(t, "SOLUSDT")))
+    await cache.hset(f"{prefix}markets", "SOLUSDT", orjson.dumps(ticker(5, "SOLUSDT")))
+    async with http.ws_connect(gateway.ws_url) as ws:
+        reply = await request(ws, "subscribe", "all@SOLUSDT,markets@DATA,markets@SNAPSHOT")
+        assert reply["topics"] == ["all@SOLUSDT", "markets@DATA", "markets@SNAPSHOT"]
+        first = [await receive(ws), await receive(ws)]
+        assert {"topic": "markets@SNAPSHOT", "data": {"SOLUSDT": ticker(5, "SOLUSDT")}} in first
+        recent = {
+            "topic": "snapshot_trades@SOLUSDT",
+            "data": [trade(t, "SOLUSDT") for t in (3, 2, 1)],
+        }
+        assert recent in first
+        live = {
+            "orderbook.SOLUSDT": book(10, symbol="SOLUSDT"),
+            "trades.SOLUSDT": trade(4, "SOLUSDT"),
+            "tickers.SOLUSDT": ticker(6, "SOLUSDT"),
+            "markets.DATA": {"SOLUSDT": ticker(6, "SOLUSDT")},
+            "markets.SNAPSHOT": {"SOLUSDT": ticker(6, "SOLUSDT")},
+        }
+        for subject, message in live.items():
+            await publish(publisher, subject, message)
+            topic = subject.replace(".", "@", 1)
+            assert await receive(ws) == {"topic": topic, "data": message}
+
+
+async def test_latest_value_on_subscribe_then_live_never_an_older_book(
+    gateway: RunningGateway,
+    publisher: Nats,
+    cache: aioredis.Redis,
+    http: aiohttp.ClientSession,
+) -> None:
+    prefix = gateway.redis_prefix
+    await cache.set(f"{prefix}orderbook:XRPUSDT", orjson.dumps(book(100, 50, symbol="XRPUSDT")))
+    await cache.set(f"{prefix}ticker:XRPUSDT", orjson.dumps(ticker(1000, "XRPUSDT")))
+    async with http.ws_connect(gateway.ws_url) as ws:
+        await request(ws, "subscribe", "orderbook@XRPUSDT,tickers@XRPUSDT")
+        got = {m["topic"]: m["data"] for m in [await receive(ws), await receive(ws)]}
+        assert got == {
+            "orderbook@XRPUSDT": book(100, 50, symbol="XRPUSDT"),
+            "tickers@XRPUSDT": ticker(1000, "XRPUSDT"),
+        }
+        # messages that were in flight when the cache was read are older: never shown
+        await publish(publisher, "orderbook.XRPUSDT", book(99, 49, symbol="XRPUSDT"))
+        await publish(publisher, "orderbook.XRPUSDT", book(100, 50, symbol="XRPUSDT"))
+        await publish(publisher, "tickers.XRPUSDT", ticker(999, "XRPUSDT"))
+        await publish(publisher, "orderbook.XRPUSDT", book(101, 51, symbol="XRPUSDT"))
+        assert await receive(ws) == {
+            "topic": "orderbook@XRPUSDT",
+            "data": book(101, 51, symbol="XRPUSDT"),
+        }
+        # a second client joining later gets the newest book from memory at once
+        async with http.ws_connect(gateway.ws_url) as late:
+            await request(late, "subscribe", "orderbook@XRPUSDT")
+            assert (await receive(late))["data"]["lastUpdateId"] == 101
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (b"{not json", "malformed JSON"),
+        (orjson.dumps({"action": "subscribe", "topics": "candles@BTCUSDT"}), "unknown channel"),
+        (orjson.dumps({"action": "subscribe", "topics": "markets@HOURLY"}), "unknown markets view"),
+        (
+            orjson.dumps({"action": "subscribe", "topics": ",".join(["trades@BTCUSDT"] * 9)}),
+            "too many topics",
+        ),
+        (
+            orjson.dumps({"action": "subscribe", "topics": "trades@BTCUSDT", "pad": "x" * 600}),
+            "exceeds 512",
+        ),
+    ],
+)
+async def test_bad_input_gets_an_error_and_the_connection_stays(
+    gateway: RunningGateway, http: aiohttp.ClientSession, message: bytes, expected: str
+) -> None:
+    async with http.ws_connect(gateway.ws_url) as ws:
+        await ws.send_bytes(message)
+        error = await receive(ws)
+        assert error["error"]["code"] == 400 and expected in error["error"]["message"], error
+        reply = await request(ws, "subscribe", "trades@BTCUSDT", 2)
+        assert reply["result"] == "subscribed"
+
+
+async def test_topic_limit_counts_the_whole_connection(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(gateway.ws_url) as ws:
+        assert (await request(ws, "subscribe", "all@BTCUSDT,all@ETHUSDT"))["result"]
+        for _ in range(2):  # the two snapshot_trades answers
+            assert (await receive(ws))["topic"].startswith("snapshot_trades@")
+        error = await request(ws, "subscribe", "all@BNBUSDT", 3)
+        assert error["id"] == 3 and "too many topics" in error["error"]["message"]
+
+
+async def test_a_flooding_client_is_closed_with_1008(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(gateway.ws_url) as ws:
+        for _ in range(200):
+            if ws.closed:
+                break
+            await ws.send_bytes(b'{"action":"subscribe","topics":"trades@BTCUSDT"}')
+        while (msg := await ws.receive(timeout=3)).type is aiohttp.WSMsgType.TEXT:
+            pass
+        assert msg.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
+
+
+async def test_tokens_and_origins(
+    start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    secured = start_gateway(
+        gateway_auth_tokens="s3cret,other", gateway_allowed_origins="https://good.example"
+    )
+    for headers, url in [
+        ({}, secured.ws_url),
+        ({"Authorization": "Bearer wrong"}, secured.ws_url),
+        ({}, secured.ws_url + "?token=wrong"),
+    ]:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, headers=headers)
+        assert refused.value.status == 401
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(
+            secured.ws_url,
+            headers={"Authorization": "Bearer s3cret", "Origin": "https://evil.example"},
+        )
+    assert refused.value.status == 403
+    for headers, url in [
+        ({"Authorization": "Bearer s3cret", "Origin": "https://good.example"}, secured.ws_url),
+        ({}, secured.ws_url + "?token=other"),
+    ]:
+        async with http.ws_connect(url, headers=headers) as ws:
+            assert (await request(ws, "subscribe", "trades@BTCUSDT"))["result"] == "subscribed"
+
+
+async def test_metrics_count_clients_and_bad_input(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(gateway.ws_url) as ws:
+        await ws.send_bytes(b"[")
+        await receive(ws)
+        async with http.get(gateway.http_url + "/metrics") as resp:
+            text = await resp.text()
+    assert "marketpipe_gateway_connections 1.0" in text
+    assert 'marketpipe_bad_input_total{kind="malformed_json",source="gateway"}' in text
+
+
+async def test_shutdown_says_going_away(
+    start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    doomed = start_gateway()
+    async with http.ws_connect(doomed.ws_url) as ws:
+        await request(ws, "subscribe", "trades@BTCUSDT")
+        assert doomed.process.proc is not None
+        doomed.process.proc.terminate()
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
+    assert await asyncio.to_thread(doomed.process.proc.wait, 10) == 0
