@@ -79,8 +79,8 @@ async def publish(nc: Nats, subject: str, message: Any) -> None:
     await nc.flush()
 
 
-async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> Any:
-    msg = await ws.receive(timeout=timeout)
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    msg = await ws.receive(timeout=3.0)
     assert msg.type is aiohttp.WSMsgType.TEXT, msg
     return orjson.loads(msg.data)
 
