@@ -351,3 +351,15 @@ def test_kustomize_builds_every_object() -> None:
     assert len(objects) == len(MANIFESTS)
     images = {c["image"] for o in objects if o["kind"] == "Deployment" for c in _containers(o)}
     assert "marketpipe" not in images, "kustomize must pin the marketpipe image tag"
+
+
+def test_image_runs_marketpipe_as_the_user_the_pods_require() -> None:
+    dockerfile = (DEPLOY.parents[1] / "Dockerfile").read_text()
+    assert re.search(r'^ENTRYPOINT \["marketpipe"\]$', dockerfile, re.MULTILINE)
+    user = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
+    assert user, "the Dockerfile must name a numeric user so runAsNonRoot can check it"
+    for service in SERVICES:
+        pod_security = _one("Deployment", service)["spec"]["template"]["spec"]["securityContext"]
+        assert (pod_security["runAsUser"], pod_security["runAsGroup"]) == tuple(
+            int(part) for part in user.groups()
+        )
