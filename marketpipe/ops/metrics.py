@@ -87,3 +87,12 @@ LEADER_TRANSITIONS = Counter(
     "Changes of this instance's leadership, by new role and reason",
     ["role", "reason"],
 )
+
+# Trades, tickers, markets (helper G).
+TRADE_CONTINUITY = Counter(
+    "marketpipe_trade_continuity_total",
+    "Trade-id continuity: duplicate (dropped), gap / check (REST fetches), recovered (published "
+    "after a fetch), skipped (ids no longer available), rejected (ids REST never confirmed)",
+    ["event"],
+)
+MARKETS_PAIRS = Gauge("marketpipe_markets_pairs", "Pairs in the markets snapshot")
