@@ -1,0 +1,204 @@
+"""What the trades, tickers and markets services share: per-pair streams in, NATS/Redis out.
+
+:class:`PairFeed` keeps one ``<pair>@<kind>`` stream per pair of the universe on the service's
+:class:`~marketpipe.exchange.streams.StreamHub`, decodes each combined frame, counts and skips bad
+ones (``marketpipe_bad_input_total{source="exchange_ws"}``) and hands the decoded event to the
+service, synchronously, in stream order.
+
+:class:`Outbox` is the way out: the stream callback is synchronous, publishing is not, so
+messages wait in a bounded, ordered buffer drained by one task (publish on NATS, then the Redis
+cache write, both leader-gated by the runtime's context). Live messages carry their exchange
+event time, which feeds ``marketpipe_publish_latency_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from marketpipe.exchange.messages import BadFrame, MarketEvent, decode_combined
+from marketpipe.exchange.rest import ExchangeRest
+from marketpipe.exchange.stream_plan import StreamPlan
+from marketpipe.exchange.streams import StreamHub
+from marketpipe.exchange.weights import WeightGate
+from marketpipe.logs import get_logger
+from marketpipe.ops.metrics import BAD_INPUT, PUBLISH_ERRORS, PUBLISH_LATENCY
+from marketpipe.services.runtime import ServiceContext
+from marketpipe.sources.assets import AssetsSource, Universe
+from marketpipe.transport.nats import PayloadTooLargeError
+
+log = get_logger(__name__)
+
+OUTBOX_LIMIT = 200_000
+
+
+def stream_symbol(stream: str) -> str:
+    """``btcusdt@trade`` -> ``BTCUSDT``."""
+    return stream.partition("@")[0].upper()
+
+
+def make_rest(ctx: ServiceContext) -> ExchangeRest:
+    settings = ctx.settings
+    gate = WeightGate(limit=settings.rest_weight_limit, share=settings.rest_weight_share)
+    return ExchangeRest(settings.binance_rest_url, gate=gate, session=ctx.http)
+
+
+class PairFeed:
+    """``<pair>@<kind>`` for each pair given to :meth:`set_pairs`; events go to ``on_event``."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        kind: str,
+        on_event: Callable[[MarketEvent], None],
+        rest: ExchangeRest,
+        *,
+        on_universe: Callable[[Universe], None] | None = None,
+        on_pairs_down: Callable[[set[str]], None] | None = None,
+        on_pairs_up: Callable[[set[str]], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.pairs: set[str] = set()
+        self._on_event = on_event
+        self._on_universe = on_universe
+        self._on_pairs_down = on_pairs_down
+        self._on_pairs_up = on_pairs_up
+        self.hub = StreamHub(
+            ctx.settings.binance_ws_url,
+            self._on_frame,
+            on_streams_down=self._down,
+            on_streams_up=self._up,
+            plan=StreamPlan.from_settings(ctx.settings),
+            session=ctx.http,
+        )
+        # its own HTTP session: the assets source closes the one it uses when it stops
+        self.assets = AssetsSource(ctx.settings, rest, self._universe_changed)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def set_pairs(self, symbols: Iterable[str]) -> None:
+        self.pairs = set(symbols)
+        self.hub.set_streams(f"{s.lower()}@{self.kind}" for s in self.pairs)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.hub.run(), name=f"{self.kind}-streams"),
+            asyncio.create_task(self.assets.run(), name=f"{self.kind}-assets"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def ready(self) -> bool:
+        """The pair universe is known and, if it has pairs, streams are connected."""
+        if self.assets.universe is None:
+            return False
+        return not self.pairs or self.hub.connected_links > 0
+
+    def _universe_changed(self, universe: Universe) -> None:
+        if self._on_universe is None:
+            self.set_pairs(universe.symbols)
+        else:
+            self._on_universe(universe)
+
+    def _on_frame(self, raw: bytes) -> None:
+        try:
+            event = decode_combined(raw).data
+        except BadFrame as exc:
+            BAD_INPUT.labels(source="exchange_ws", kind=exc.kind).inc()
+            log.warning("bad_frame", kind=exc.kind, detail=exc.detail[:200], head=raw[:200])
+            return
+        self._on_event(event)
+
+    def _down(self, streams: frozenset[str]) -> None:
+        if self._on_pairs_down is not None:
+            self._on_pairs_down({stream_symbol(s) for s in streams})
+
+    def _up(self, streams: frozenset[str]) -> None:
+        if self._on_pairs_up is not None:
+            self._on_pairs_up({stream_symbol(s) for s in streams})
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    subject: str
+    payload: bytes
+    event_time_ms: int  # 0: not a live event (no latency sample)
+    cache_key: str | None  # written to Redis with the outbox's cache writer once published
+
+
+class Outbox:
+    """Ordered, bounded buffer of messages to publish; one task drains it."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        channel: str,
+        cache: Callable[[str, bytes], None] | None = None,
+        limit: int = OUTBOX_LIMIT,
+    ) -> None:
+        self._ctx = ctx
+        self._channel = channel
+        self._cache = cache
+        self._limit = limit
+        self._items: deque[Outgoing] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._latency: Any = PUBLISH_LATENCY.labels(channel)
+        self._overflow: Any = PUBLISH_ERRORS.labels(channel, "outbox_full")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(
+        self,
+        subject: str,
+        payload: bytes,
+        event_time_ms: int = 0,
+        cache_key: str | None = None,
+    ) -> None:
+        if len(self._items) >= self._limit:
+            self._items.popleft()  # the oldest is the least useful; counted, never silent
+            self._overflow.inc()
+        self._items.append(Outgoing(subject, payload, event_time_ms, cache_key))
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._drain_forever(), name=f"{self._channel}-outbox")
+
+    async def stop(self) -> None:
+        """Publish what is queued (the runtime bounds the time), then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._send_all()
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._send_all()
+
+    async def _send_all(self) -> None:
+        items, publish, cache = self._items, self._ctx.publish, self._cache
+        while items:
+            item = items.popleft()
+            try:
+                sent = await publish(item.subject, item.payload)
+            except PayloadTooLargeError:
+                continue  # logged and counted by the publisher
+            if not sent:
+                continue
+            if item.event_time_ms:
+                self._latency.observe(max(0.0, time.time() - item.event_time_ms / 1000))
+            if cache is not None and item.cache_key is not None:
+                cache(item.cache_key, item.payload)

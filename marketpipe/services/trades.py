@@ -1,0 +1,195 @@
+"""``marketpipe trades``: ``<pair>@trade`` -> ``trades.<SYMBOL>``, and the last 10 in Redis.
+
+Wiring only: :class:`~marketpipe.services.feed.PairFeed` brings the decoded trades,
+one :class:`~marketpipe.services.trade_gaps.TradeSequencer` per pair keeps the ids continuous
+(holes filled from REST ``/api/v3/trades``, duplicates dropped, live trades of a pair held while
+its hole is filled), :class:`~marketpipe.services.feed.Outbox` publishes in order and pushes each
+published trade onto ``marketpipe:trades:<SYMBOL>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from marketpipe.config import Settings
+from marketpipe.exchange.messages import MarketEvent, Trade
+from marketpipe.exchange.rest import ExchangeError, ExchangeUnavailable
+from marketpipe.logs import get_logger
+from marketpipe.ops.metrics import BAD_INPUT, TRADE_CONTINUITY
+from marketpipe.services.feed import Outbox, PairFeed, make_rest
+from marketpipe.services.feed_messages import BadRow, trade_message, trades_from_rest
+from marketpipe.services.runtime import ServiceContext, run_service
+from marketpipe.services.trade_gaps import FetchMissing, FetchQueue, Step, TradeSequencer
+from marketpipe.sources.assets import Universe
+from marketpipe.transport.redis_cache import trades_key
+
+log = get_logger(__name__)
+
+FETCH_WORKERS = 4
+RETRY_DELAY_SECONDS = 0.5
+
+
+class TradesService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._rest = make_rest(ctx)
+        self._feed = PairFeed(
+            ctx,
+            "trade",
+            self._on_event,
+            self._rest,
+            on_universe=self._on_universe,
+            on_pairs_down=self._on_pairs_down,
+            on_pairs_up=self._on_pairs_up,
+        )
+        self._outbox = Outbox(ctx, "trades", ctx.cache_recent)
+        self._sequencers: dict[str, TradeSequencer[Trade]] = {}
+        self._fetches = FetchQueue()
+        self._fetch_wanted = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._counters: dict[str, Any] = {
+            event: TRADE_CONTINUITY.labels(event)
+            for event in ("duplicate", "gap", "check", "recovered", "skipped", "rejected")
+        }
+
+    async def start(self) -> None:
+        await self._outbox.start()
+        await self._feed.start()
+        self._workers = [
+            asyncio.create_task(self._fetch_forever(), name=f"trades-fetch-{i}")
+            for i in range(FETCH_WORKERS)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self._feed.stop()
+        await self._outbox.stop()
+
+    def ready(self) -> bool:
+        return self._feed.ready()
+
+    # --- pairs ---
+
+    def _on_universe(self, universe: Universe) -> None:
+        pairs = set(universe.symbols)
+        for symbol in set(self._sequencers) - pairs:
+            del self._sequencers[symbol]
+            self._fetches.discard(symbol)
+        for symbol in pairs - set(self._sequencers):
+            self._sequencers[symbol] = TradeSequencer(symbol)
+        self._feed.set_pairs(pairs)
+
+    def _on_pairs_down(self, symbols: set[str]) -> None:
+        for symbol in symbols:
+            seq = self._sequencers.get(symbol)
+            if seq is not None:
+                seq.on_streams_down()
+
+    def _on_pairs_up(self, symbols: set[str]) -> None:
+        for symbol in symbols:
+            seq = self._sequencers.get(symbol)
+            fetch = None if seq is None else seq.on_streams_up()
+            if fetch is not None:
+                self._want(fetch)
+
+    # --- live trades ---
+
+    def _on_event(self, event: MarketEvent) -> None:
+        if not isinstance(event, Trade):
+            BAD_INPUT.labels(source="exchange_ws", kind="unexpected_event").inc()
+            return
+        seq = self._sequencers.get(event.symbol)
+        if seq is None:
+            return  # a pair just removed from the universe
+        self._apply(seq, seq.on_live(event.trade_id, event), live=True)
+
+    def _apply(self, seq: TradeSequencer[Trade], step: Step[Trade], live: bool) -> None:
+        for trade in step.publish:
+            payload = trade_message(trade)
+            self._outbox.put(
+                f"trades.{trade.symbol}",
+                payload,
+                trade.event_time if live else 0,
+                trades_key(trade.symbol),
+            )
+        counts = {
+            "recovered": 0 if live else len(step.publish),
+            "duplicate": step.duplicates,
+            "skipped": step.skipped,
+            "rejected": step.rejected,
+        }
+        for event, count in counts.items():
+            if count:
+                self._counters[event].inc(count)
+        if step.skipped or step.rejected:
+            log.warning(
+                "trade_ids_lost",
+                symbol=seq.symbol,
+                skipped=step.skipped,
+                rejected=step.rejected,
+                last_id=seq.last_id,
+            )
+        if step.fetch is not None:
+            self._want(step.fetch)
+
+    # --- fetching missed trades ---
+
+    def _want(self, fetch: FetchMissing) -> None:
+        if fetch.attempt:
+            loop = asyncio.get_running_loop()
+            loop.call_later(RETRY_DELAY_SECONDS * fetch.attempt, self._queue, fetch)
+        else:
+            self._queue(fetch)
+
+    def _queue(self, fetch: FetchMissing) -> None:
+        if fetch.symbol in self._sequencers:
+            self._fetches.add(fetch)
+            self._fetch_wanted.set()
+
+    async def _fetch_forever(self) -> None:
+        while True:
+            fetch = self._fetches.take()
+            if fetch is None:
+                self._fetch_wanted.clear()
+                await self._fetch_wanted.wait()
+                continue
+            try:
+                await self._fetch(fetch)
+            finally:
+                self._fetches.done(fetch.symbol)
+
+    async def _fetch(self, fetch: FetchMissing) -> None:
+        seq = self._sequencers.get(fetch.symbol)
+        if seq is None or (fetch.reason == "check" and not seq.suspect):
+            return  # gone, or a live trade already settled the check
+        self._counters[fetch.reason].inc()
+        limit = seq.fetch_limit()
+        try:
+            rows = await self._rest.trades(fetch.symbol, limit)
+            trades = trades_from_rest(fetch.symbol, rows)
+        except (ExchangeError, ExchangeUnavailable, BadRow) as exc:
+            if isinstance(exc, BadRow):
+                BAD_INPUT.labels(source="rest", kind="trades_row").inc()
+            log.warning("trades_fetch_failed", symbol=fetch.symbol, error=str(exc))
+            if self._sequencers.get(fetch.symbol) is seq:
+                self._apply(seq, seq.on_fetch_failed(), live=False)
+            return
+        if self._sequencers.get(fetch.symbol) is not seq:
+            return  # removed (or re-added) while the request was out
+        step = seq.on_fetched([(t.trade_id, t) for t in trades], limit)
+        self._apply(seq, step, live=False)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Publish every pair's trades on trades.<SYMBOL> (no hole, no duplicate, in order) "
+        "and keep the last 10 per pair in Redis."
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    return run_service("trades", args, settings, TradesService)
