@@ -7,6 +7,7 @@ Writers (synchronous, never block, never raise)::
     cache.set_value(orderbook_key("BTCUSDT"), payload)      # marketpipe:orderbook:BTCUSDT
     cache.push_recent(trades_key("BTCUSDT"), payload)       # LPUSH + LTRIM to the last 10
     cache.hset(MARKETS_HASH, "BTCUSDT", payload)            # or hset_many(MARKETS_HASH, {...})
+    cache.hdel(MARKETS_HASH, ["OLDUSDT"])                   # a pair that left the hash
     await cache.close()                                     # best-effort final flush
 
 Readers (the gateway) ``await get_value(key)``, ``get_recent(key)``, ``hgetall(hash)``; on a
@@ -89,6 +90,7 @@ class RedisCache:
         self._dirty_values: set[str] = set()
         self._new_items: dict[str, deque[bytes]] = {}  # oldest first
         self._dirty_fields: dict[str, set[str]] = {}
+        self._deleted_fields: dict[str, set[str]] = {}
         self._refill_needed = False
         self._healthy = False
         self._overflow_logged = False
@@ -102,7 +104,12 @@ class RedisCache:
 
     @property
     def pending_keys(self) -> int:
-        return len(self._dirty_values) + len(self._new_items) + len(self._dirty_fields)
+        return (
+            len(self._dirty_values)
+            + len(self._new_items)
+            + len(self._dirty_fields)
+            + len(self._deleted_fields)
+        )
 
     # --- writers: synchronous, O(1), never touch the network ---
 
@@ -132,11 +139,24 @@ class RedisCache:
     def hset_many(self, name: str, mapping: dict[str, bytes]) -> None:
         fields = self._hashes.setdefault(name, {})
         dirty = self._dirty_fields.setdefault(name, set())
+        deleted = self._deleted_fields.get(name)
+        if deleted:
+            deleted.difference_update(mapping)
         for field, value in mapping.items():
             if field not in fields and not self._admit():
                 continue
             fields[field] = value
             dirty.add(field)
+        self._wake.set()
+
+    def hdel(self, name: str, fields: list[str]) -> None:
+        mirrored = self._hashes.get(name, {})
+        deleted = self._deleted_fields.setdefault(name, set())
+        for field in fields:
+            if mirrored.pop(field, None) is not None:
+                self._size -= 1
+            self._dirty_fields.get(name, set()).discard(field)
+            deleted.add(field)
         self._wake.set()
 
     def _admit(self) -> bool:
@@ -225,12 +245,16 @@ class RedisCache:
             if fields:
                 values = self._hashes[name]
                 pipe.hset(prefix + name, mapping={f: values[f] for f in fields})
+        for name, fields in self._deleted_fields.items():
+            if fields:
+                pipe.hdel(prefix + name, *fields)
         self._clear_pending()
 
     def _clear_pending(self) -> None:
         self._dirty_values = set()
         self._new_items = {}
         self._dirty_fields = {}
+        self._deleted_fields = {}
 
     async def _refill(self) -> None:
         # Built in one synchronous pass so that no write can slip between the rebuild and the
@@ -244,6 +268,7 @@ class RedisCache:
             if items:
                 pipe.rpush(prefix + key, *items)
         for name, fields in self._hashes.items():
+            pipe.delete(prefix + name)  # fields deleted while Redis was away go too
             if fields:
                 pipe.hset(prefix + name, mapping={f: v for f, v in fields.items()})
         pipe.set(self._sentinel, b"1")
