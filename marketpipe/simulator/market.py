@@ -24,7 +24,7 @@ SCALE = 100_000_000  # 1e8: the unit of every price and quantity
 DAY_MS = 86_400_000
 DIFF_DEPTH_LIMIT = 5000  # diff events report changes only within the top 5000 levels a side
 TRADE_HISTORY = 10_000  # trades kept per symbol for REST /trades and /admin/trades
-STATUSES = ("TRADING", "HALT", "BREAK")
+ALL_STATUSES = ("TRADING", "HALT", "BREAK")
 
 BID = 0
 ASK = 1
@@ -253,12 +253,16 @@ class SymbolMarket:
         first_id = 100_000 + bits(20)
         count = 50_000 + bits(16)
         price = spec.price
+
+        def on_grid(units: int) -> int:
+            return units // spec.tick * spec.tick
+
         self.stats = Stats(
             open_time=now_ms - DAY_MS,
-            open=price - price // 50 + (bits(8) * price // 6400),
-            prev_close=price - price // 51,
-            high=price + price // 40,
-            low=price - price // 30,
+            open=on_grid(price - price // 50 + (bits(8) * price // 6400)),
+            prev_close=on_grid(price - price // 51),
+            high=on_grid(price + price // 40),
+            low=on_grid(price - price // 30),
             last=self.best_ask * spec.tick,
             last_qty=self.lot * spec.step,
             volume=count * self.lot * spec.step,
