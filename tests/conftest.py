@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from marketpipe.infra.local import EtcdServer, NatsCluster, RedisServer
+from marketpipe.infra.simulator import SimulatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +54,11 @@ def fresh_etcd() -> Iterator[EtcdServer]:
     server = EtcdServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def exchange_sim() -> Iterator[SimulatorProcess]:
+    """A running ``marketpipe exchange-sim`` with 5 symbols (BTCUSDT, ETHUSDT, ...), seed 1."""
+    sim = SimulatorProcess(symbols=5, seed=1, extra_args=["--levels", "300"]).start()
+    yield sim
+    sim.stop()
