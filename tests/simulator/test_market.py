@@ -1,0 +1,140 @@
+"""The pure market model: book invariants, contiguous diffs, exact strings, determinism."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from marketpipe.simulator.market import (
+    DIFF_DEPTH_LIMIT,
+    Market,
+    SymbolMarket,
+    fmt,
+    make_specs,
+    parse_units,
+)
+
+seeds = st.integers(min_value=0, max_value=2**32)
+
+
+def apply(book: dict[str, dict[str, str]], bids: list[list[str]], asks: list[list[str]]) -> None:
+    for side, levels in (("bids", bids), ("asks", asks)):
+        for price, qty in levels:
+            if parse_units(qty) == 0:
+                book[side].pop(price, None)
+            else:
+                book[side][price] = qty
+
+
+def as_maps(depth: dict) -> dict[str, dict[str, str]]:
+    return {"bids": dict(map(tuple, depth["bids"])), "asks": dict(map(tuple, depth["asks"]))}
+
+
+def check_book(sym: SymbolMarket) -> None:
+    depth = sym.depth()
+    bids = [(parse_units(p), parse_units(q)) for p, q in depth["bids"]]
+    asks = [(parse_units(p), parse_units(q)) for p, q in depth["asks"]]
+    assert bids and asks
+    assert bids[0][0] < asks[0][0], "crossed book"
+    assert [p for p, _ in bids] == sorted({p for p, _ in bids}, reverse=True)
+    assert [p for p, _ in asks] == sorted({p for p, _ in asks})
+    for price, qty in bids + asks:
+        assert qty > 0
+        assert price % sym.spec.tick == 0 and qty % sym.spec.step == 0
+    for price, qty in depth["bids"] + depth["asks"]:
+        assert len(price.split(".")[1]) == 8 and len(qty.split(".")[1]) == 8
+    assert len(bids) == sym.bid_levels and len(asks) == sym.ask_levels
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=seeds, steps=st.integers(min_value=1, max_value=120), count=st.integers(1, 30))
+def test_book_invariants_and_diffs_replay_exactly(seed: int, steps: int, count: int) -> None:
+    market = Market.create(count, seed, levels=200)
+    sym = list(market.symbols.values())[-1]
+    local = as_maps(sym.depth())
+    last_id = sym.update_id
+    for i in range(steps):
+        result = sym.step(i)
+        if result.diff is None:
+            continue
+        assert result.diff.first_id == last_id + 1, "diffs must be contiguous"
+        assert result.diff.last_id >= result.diff.first_id
+        last_id = result.diff.last_id
+        apply(local, *sym.diff_sides(result.diff))
+    assert sym.update_id == last_id
+    check_book(sym)
+    assert local == as_maps(sym.depth())
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=seeds)
+def test_same_seed_same_market(seed: int) -> None:
+    a, b = Market.create(3, seed, levels=100), Market.create(3, seed, levels=100)
+    for i in range(50):
+        for name in a.symbols:
+            # order of stepping differs between the two markets: must not matter
+            a.symbols[name].step(i)
+        for name in reversed(list(b.symbols)):
+            b.symbols[name].step(i)
+    for name in a.symbols:
+        assert a.symbols[name].depth() == b.symbols[name].depth()
+        assert list(a.symbols[name].trades) == list(b.symbols[name].trades)
+    c = Market.create(3, seed + 1, levels=100)
+    assert c.symbols["BTCUSDT"].depth() != a.symbols["BTCUSDT"].depth()
+
+
+def test_trades_update_ticker_consistently() -> None:
+    sym = Market.create(1, 3, levels=200).symbols["BTCUSDT"]
+    before = sym.ticker(0)
+    trades = [t for i in range(300) for t in sym.step(i).trades]
+    assert trades, "a few hundred steps make trades"
+    after = sym.ticker(1)
+    assert after["L"] == trades[-1].id == before["L"] + len(trades)
+    assert after["n"] == before["n"] + len(trades)
+    assert after["c"] == fmt(trades[-1].price) and after["Q"] == fmt(trades[-1].qty)
+    volume = sum(t.qty for t in trades)
+    assert parse_units(after["v"]) == parse_units(before["v"]) + volume
+    assert parse_units(after["h"]) >= max(t.price for t in trades)
+    assert parse_units(after["l"]) <= min(t.price for t in trades)
+    assert [t.id for t in trades] == list(range(trades[0].id, trades[0].id + len(trades)))
+    change = parse_units(after["c"]) - parse_units(after["o"])
+    assert parse_units(after["p"]) == change
+
+
+def test_diffs_change_a_realistic_number_of_levels() -> None:
+    sym = Market.create(1, 5, levels=1000).symbols["BTCUSDT"]
+    sizes = [len(d.levels) for i in range(500) if (d := sym.step(i).diff) is not None]
+    assert 3 <= sum(sizes) / len(sizes) <= 30
+    assert min(sizes) <= 3 and max(sizes) >= 20
+
+
+def test_diffs_report_only_the_top_5000_levels() -> None:
+    sym = Market.create(1, 9, levels=DIFF_DEPTH_LIMIT + 300).symbols["BTCUSDT"]
+    reported = hidden = 0
+    for i in range(200):
+        before = sym.update_id
+        diff = sym.step(i).diff
+        if diff is None:
+            continue
+        assert diff.first_id == before + 1
+        for key in diff.levels:
+            assert sym._rank(key & 1, key >> 1) <= DIFF_DEPTH_LIMIT
+        reported += len(diff.levels)
+        hidden += diff.last_id - diff.first_id + 1 - len(diff.levels)
+    assert reported and hidden, "some changes fall deeper than 5000 levels and stay unreported"
+
+
+def test_symbol_names_are_plausible_and_valid() -> None:
+    specs = make_specs(2000, 1)
+    names = [s.symbol for s in specs]
+    assert names[:3] == ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
+    assert len(set(names)) == 2000
+    assert all(n.isalnum() and n.isupper() and len(n) <= 20 for n in names)
+    assert all(s.price % s.tick == 0 and s.price // s.tick >= 3000 for s in specs)
+
+
+@given(st.integers(min_value=-(10**20), max_value=10**20))
+def test_fmt_round_trips(units: int) -> None:
+    text = fmt(units)
+    assert parse_units(text) == units
+    assert len(text.split(".")[1]) == 8
