@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -67,3 +68,4 @@ def start_gateway(nats_cluster: NatsCluster, redis_server: RedisServer) -> Itera
     yield start
     for gateway in started:
         gateway.process.stop()
+    shutil.rmtree(logdir, ignore_errors=True)
