@@ -42,6 +42,10 @@ def stream_symbol(stream: str) -> str:
     return stream.partition("@")[0].upper()
 
 
+def decode_event_frame(raw: bytes) -> MarketEvent:
+    return decode_combined(raw).data
+
+
 def make_rest(ctx: ServiceContext) -> ExchangeRest:
     settings = ctx.settings
     gate = WeightGate(limit=settings.rest_weight_limit, share=settings.rest_weight_share)
@@ -61,8 +65,10 @@ class PairFeed:
         on_universe: Callable[[Universe], None] | None = None,
         on_pairs_down: Callable[[set[str]], None] | None = None,
         on_pairs_up: Callable[[set[str]], None] | None = None,
+        decode: Callable[[bytes], MarketEvent] = decode_event_frame,
     ) -> None:
         self.kind = kind
+        self._decode = decode
         self.pairs: set[str] = set()
         self._on_event = on_event
         self._on_universe = on_universe
@@ -110,7 +116,7 @@ class PairFeed:
 
     def _on_frame(self, raw: bytes) -> None:
         try:
-            event = decode_combined(raw).data
+            event = self._decode(raw)
         except BadFrame as exc:
             BAD_INPUT.labels(source="exchange_ws", kind=exc.kind).inc()
             log.warning("bad_frame", kind=exc.kind, detail=exc.detail[:200], head=raw[:200])
