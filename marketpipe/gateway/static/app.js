@@ -1,0 +1,191 @@
+// marketpipe live page: plain JavaScript against the gateway's public protocol (docs/gateway.md).
+"use strict";
+
+const LADDER_LEVELS = 15;
+const TRADES_KEPT = 30;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  ws: null,
+  markets: new Map(),   // symbol -> ticker
+  chosen: null,
+  book: null,
+  trades: [],
+  nextId: 1,
+  retryMs: 500,
+  renderQueued: false,
+};
+
+function wsUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const token = new URLSearchParams(location.search).get("token");
+  return `${scheme}//${location.host}/ws` + (token ? `?token=${encodeURIComponent(token)}` : "");
+}
+
+function setStatus(kind, text) {
+  const el = $("status");
+  el.className = `status ${kind}`;
+  el.textContent = text;
+}
+
+function send(action, topics) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify({ action, topics, id: state.nextId++ }));
+  }
+}
+
+function connect() {
+  setStatus("connecting", "connecting…");
+  const ws = new WebSocket(wsUrl());
+  state.ws = ws;
+  ws.onopen = () => {
+    state.retryMs = 500;
+    setStatus("open", "live");
+    send("subscribe", "markets@SNAPSHOT,markets@DATA");
+    if (state.chosen) send("subscribe", `all@${state.chosen}`);
+  };
+  ws.onmessage = (event) => onMessage(JSON.parse(event.data));
+  ws.onclose = (event) => {
+    setStatus("closed", `disconnected (${event.code}); retrying`);
+    setTimeout(connect, state.retryMs);
+    state.retryMs = Math.min(state.retryMs * 2, 10000);
+  };
+}
+
+function onMessage(msg) {
+  if (msg.error) { console.warn("gateway error", msg.error); return; }
+  if (!msg.topic) return;  // a subscribe/unsubscribe reply
+  const [channel, symbol] = msg.topic.split("@");
+  if (channel === "markets") {
+    if (symbol === "SNAPSHOT") state.markets = new Map(Object.entries(msg.data));
+    else for (const [s, t] of Object.entries(msg.data)) state.markets.set(s, t);
+  } else if (symbol !== state.chosen) {
+    return;  // late data for a pair we just left
+  } else if (channel === "orderbook") {
+    state.book = msg.data;
+  } else if (channel === "trades") {
+    state.trades.unshift(msg.data);
+    state.trades.length = Math.min(state.trades.length, TRADES_KEPT);
+  } else if (channel === "snapshot_trades") {
+    state.trades = msg.data.slice(0, TRADES_KEPT);
+  } else if (channel === "tickers") {
+    state.markets.set(symbol, msg.data);
+  }
+  queueRender();
+}
+
+function choose(symbol) {
+  if (symbol === state.chosen) return;
+  if (state.chosen) send("unsubscribe", `all@${state.chosen}`);
+  state.chosen = symbol;
+  state.book = null;
+  state.trades = [];
+  send("subscribe", `all@${symbol}`);
+  $("pair-title").textContent = symbol;
+  queueRender();
+}
+
+function queueRender() {
+  if (!state.renderQueued) {
+    state.renderQueued = true;
+    requestAnimationFrame(() => { state.renderQueued = false; render(); });
+  }
+}
+
+function cell(text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function row(cells, onclick) {
+  const tr = document.createElement("tr");
+  for (const td of cells) tr.appendChild(td);
+  if (onclick) tr.onclick = onclick;
+  return tr;
+}
+
+function render() {
+  renderMarkets();
+  renderBook();
+  renderTrades();
+  drawDepth();
+}
+
+function renderMarkets() {
+  const filter = $("filter").value.trim().toUpperCase();
+  const rows = [...state.markets.entries()]
+    .filter(([s]) => !filter || s.includes(filter))
+    .sort((a, b) => Number(b[1].q || 0) - Number(a[1].q || 0));
+  const body = $("markets").tBodies[0];
+  body.replaceChildren(...rows.map(([s, t]) => {
+    const pct = Number(t.P || 0);
+    const tr = row([
+      cell(s), cell(t.c ?? ""), cell(`${pct.toFixed(2)}%`, pct >= 0 ? "up" : "down"),
+      cell(Number(t.q || 0).toLocaleString(undefined, { maximumFractionDigits: 0 })),
+    ], () => choose(s));
+    if (s === state.chosen) tr.className = "chosen";
+    return tr;
+  }));
+  $("market-count").textContent = `${state.markets.size} pairs`;
+  if (!state.chosen && rows.length) choose(rows[0][0]);
+}
+
+function renderBook() {
+  const book = state.book;
+  const asks = book ? book.asks.slice(0, LADDER_LEVELS).reverse() : [];
+  const bids = book ? book.bids.slice(0, LADDER_LEVELS) : [];
+  $("asks").replaceChildren(...asks.map(([p, q]) => row([cell(p), cell(q)])));
+  $("bids").replaceChildren(...bids.map(([p, q]) => row([cell(p), cell(q)])));
+  $("book-meta").textContent = book ? `update ${book.lastUpdateId} · seq ${book.seq}` : "";
+}
+
+function renderTrades() {
+  $("trades").tBodies[0].replaceChildren(...state.trades.map((t) => row([
+    cell(new Date(t.T).toLocaleTimeString()), cell(t.p), cell(t.q),
+    cell(t.sd, t.sd === "BUY" ? "up" : "down"),
+  ])));
+}
+
+function cumulative(levels) {
+  let total = 0;
+  return levels.map(([p, q]) => { total += Number(q); return [Number(p), total]; });
+}
+
+function drawDepth() {
+  const canvas = $("depth");
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth, height = canvas.clientHeight;
+  canvas.width = width * ratio;
+  canvas.height = height * ratio;
+  const ctx = canvas.getContext("2d");
+  ctx.scale(ratio, ratio);
+  ctx.clearRect(0, 0, width, height);
+  const book = state.book;
+  if (!book || !book.bids.length || !book.asks.length) return;
+  const bids = cumulative(book.bids), asks = cumulative(book.asks);
+  const low = bids[bids.length - 1][0], high = asks[asks.length - 1][0];
+  const most = Math.max(bids[bids.length - 1][1], asks[asks.length - 1][1]);
+  const x = (p) => ((p - low) / (high - low || 1)) * width;
+  const y = (q) => height - (q / (most || 1)) * (height - 10);
+  const area = (points, fill, stroke) => {
+    ctx.beginPath();
+    ctx.moveTo(x(points[0][0]), height);
+    for (const [p, q] of points) { ctx.lineTo(x(p), y(q)); }
+    ctx.lineTo(x(points[points.length - 1][0]), height);
+    ctx.closePath();
+    ctx.fillStyle = fill; ctx.fill();
+    ctx.strokeStyle = stroke; ctx.stroke();
+  };
+  area(bids, "rgba(46,189,133,.25)", "#2ebd85");
+  area(asks, "rgba(246,70,93,.25)", "#f6465d");
+  ctx.fillStyle = "#7d8a99";
+  ctx.font = "11px system-ui";
+  ctx.fillText(String(low), 4, 12);
+  ctx.fillText(String(high), width - ctx.measureText(String(high)).width - 4, 12);
+}
+
+$("filter").addEventListener("input", queueRender);
+window.addEventListener("resize", queueRender);
+connect();
