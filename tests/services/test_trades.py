@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+from feed_harness import (
+    Recorder,
+    blocking,
+    metric,
+    redis_client,
+    service_env,
+    start_service,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from marketpipe.infra.local import NatsCluster, RedisServer
+from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.services.trade_gaps import (
     MAX_TRADES_LIMIT,
     FetchMissing,
@@ -252,3 +267,63 @@ def test_fetch_queue_never_runs_a_pair_twice_at_once(adds: list[tuple[str, str]]
         assert fetch.symbol not in running
         running.add(fetch.symbol)
     assert running == {s for s, _ in adds}
+
+
+# --- end to end: simulator -> trades service (subprocess) -> NATS cluster + Redis ---------------
+
+
+def _trade_fields(message: dict[str, Any]) -> tuple[Any, ...]:
+    # `E` is the stream's send time: REST-recovered trades carry the trade time instead
+    return tuple(message[k] for k in ("e", "s", "t", "p", "q", "T", "m", "sd"))
+
+
+def _truth(sim: SimulatorProcess, symbol: str) -> list[dict[str, Any]]:
+    rows = sim.admin("GET", "trades", symbol=symbol)
+    return [{**r, "sd": "SELL" if r["m"] else "BUY"} for r in rows]
+
+
+async def test_every_trade_once_in_order_across_a_disconnect(
+    nats_cluster: NatsCluster, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    sim = await blocking(
+        SimulatorProcess(symbols=120, seed=7, extra_args=["--levels", "200"]).start
+    )
+    recorder = await Recorder.start(nats_cluster.urls, "trades.>")
+    env = service_env(sim, nats_cluster, redis_server)
+    service = await blocking(start_service, "trades", env, tmp_path)
+    try:
+        await asyncio.sleep(2)
+        await blocking(sim.fault, type="close", abrupt=True)  # every stream connection drops
+        await asyncio.sleep(0.5)
+        await blocking(sim.fault, type="malformed", kind="wrong_types")
+        await blocking(sim.fault, type="close", code=1011)
+        await asyncio.sleep(2.5)
+        await blocking(sim.pause)
+        await recorder.wait_quiet(2.0)
+
+        symbols = [s["symbol"] for s in await blocking(sim.admin, "GET", "symbols")]
+        assert len(symbols) == 120
+        cache = await redis_client(redis_server.url)
+        prefix = env["MARKETPIPE_REDIS_PREFIX"]
+        for symbol in symbols:
+            truth = await blocking(_truth, sim, symbol)
+            got = recorder.decoded(f"trades.{symbol}")
+            assert got, f"no trades published for {symbol}"
+            first = got[0]["t"]
+            expected = [_trade_fields(m) for m in truth if m["t"] >= first]
+            assert [_trade_fields(m) for m in got] == expected, symbol
+            cached = [
+                orjson.loads(m) for m in await cache.lrange(f"{prefix}trades:{symbol}", 0, -1)
+            ]
+            assert [_trade_fields(m) for m in cached] == expected[::-1][:10], symbol
+        await cache.aclose()
+        assert metric(service, "marketpipe_trade_continuity_total", event="gap") > 0
+        assert metric(service, "marketpipe_trade_continuity_total", event="recovered") > 0
+        assert metric(service, "marketpipe_trade_continuity_total", event="skipped") == 0
+        assert (
+            metric(service, "marketpipe_bad_input_total", source="exchange_ws", kind="schema") > 0
+        )
+    finally:
+        await recorder.close()
+        await blocking(service.stop)
+        await blocking(sim.stop)
