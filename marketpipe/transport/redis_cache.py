@@ -230,7 +230,7 @@ class RedisCache:
         self._queue_pending(pipe)
         results = await pipe.execute()
         self._healthy = True
-        if not results[0]:
+        if not results[0] and self._size:  # a reader-only user never plants the sentinel
             log.info("redis lost its data (restart or flush); refilling from memory")
             await self._refill()
 
@@ -287,9 +287,7 @@ class RedisCache:
 
     async def _flush_forever(self) -> None:
         backoff = self._flush_interval
-        # the first pass also plants the sentinel (a refill of whatever is already mirrored)
-        self._refill_needed = True
-        self._wake.set()
+        self._wake.set()  # a first pass learns whether Redis answers
         while True:
             await self._wake.wait()
             self._wake.clear()

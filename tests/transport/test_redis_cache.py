@@ -137,3 +137,34 @@ async def test_the_mirror_is_bounded_by_key_count(redis_server: RedisServer) -> 
     assert await cache.get_value("k0") == b"updated"
     assert await cache.get_value("k4") is None
     await cache.close()
+
+
+async def test_a_pair_removed_from_a_hash_is_gone_also_after_a_refill(
+    fresh_redis: RedisServer,
+) -> None:
+    cache = RedisCache(fresh_redis.url, writer="t6", max_backoff=0.3)
+    await cache.start()
+    cache.hset_many(MARKETS_HASH, {"AUSDT": b"a", "BUSDT": b"b"})
+    raw = aioredis.from_url(fresh_redis.url)
+    try:
+        await _eventually(lambda: raw.hexists("marketpipe:markets", "BUSDT"))
+        cache.hdel(MARKETS_HASH, ["BUSDT"])
+        await _eventually(lambda: cache.pending_keys == 0)
+        assert await cache.hgetall(MARKETS_HASH) == {"AUSDT": b"a"}
+        await raw.flushall()
+        cache.hset(MARKETS_HASH, "CUSDT", b"c")
+        await _eventually(lambda: raw.hexists("marketpipe:markets", "CUSDT"))
+        assert await cache.hgetall(MARKETS_HASH) == {"AUSDT": b"a", "CUSDT": b"c"}
+    finally:
+        await raw.aclose()
+        await cache.close()
+
+
+async def test_a_reader_only_cache_writes_nothing(fresh_redis: RedisServer) -> None:
+    cache = RedisCache(fresh_redis.url, writer="gateway")
+    await cache.start()
+    await _eventually(lambda: cache.healthy)
+    raw = aioredis.from_url(fresh_redis.url)
+    assert await raw.dbsize() == 0
+    await raw.aclose()
+    await cache.close()
