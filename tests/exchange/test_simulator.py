@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -9,6 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from marketpipe.exchange.rest import ExchangeRest
+from marketpipe.exchange.snapshot_plan import SnapshotPlanner
+from marketpipe.exchange.snapshots import SnapshotScheduler
 from marketpipe.exchange.stream_plan import StreamPlan
 from marketpipe.exchange.streams import StreamHub
 from marketpipe.infra.simulator import SimulatorProcess
@@ -82,3 +85,26 @@ async def test_lost_connection_is_reported_and_replaced(
     mark = consumer.last_u(STREAM)
     await wait_for(lambda: consumer.last_u(STREAM) > mark)
     assert len(consumer.up) == 2
+
+
+async def test_scheduler_fetches_priority_first_and_reports_failures(sim: SimulatorProcess) -> None:
+    got: list[tuple[str, int]] = []
+    failed: list[str] = []
+    async with ExchangeRest(sim.rest_url) as rest:
+        planner = SnapshotPlanner(weight_per_minute=60_000, priority_limit=1000, other_limit=100)
+        scheduler = SnapshotScheduler(
+            rest,
+            planner,
+            lambda s, snap: got.append((s, len(snap.bids))),
+            lambda s, _err: failed.append(s),
+            max_in_flight=1,
+        )
+        scheduler.request("ETHUSDT")
+        scheduler.request("NOPEUSDT")
+        scheduler.request("BTCUSDT", priority=True)
+        task = asyncio.create_task(scheduler.run())
+        await wait_for(lambda: len(got) + len(failed) == 3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [s for s, _ in got] == ["BTCUSDT", "ETHUSDT"] and failed == ["NOPEUSDT"]
+    assert dict(got)["ETHUSDT"] <= 100 < dict(got)["BTCUSDT"]
