@@ -148,9 +148,16 @@ class EtcdElection(_Role):
             try:
                 await self._term()
                 backoff = 0.1
-            except (*ETCD_ERRORS, LeaseLostError) as exc:
-                log.warning("election term ended", service=self.service, error=repr(exc))
-                self._step_down("lease_lost" if isinstance(exc, LeaseLostError) else "etcd_error")
+            except Exception as exc:  # even a surprise from the client must not end campaigning
+                reason = _reason(exc)
+                log.warning(
+                    "election term ended",
+                    service=self.service,
+                    reason=reason,
+                    error=repr(exc),
+                    exc_info=reason == "error",
+                )
+                self._step_down(reason)
                 backoff = min(backoff * 2, self.ttl / 2)
             await self._release_lease()
             await asyncio.sleep(backoff)
@@ -274,6 +281,12 @@ class EtcdElection(_Role):
         if lease_id and self._client.lease is not None:
             with contextlib.suppress(*ETCD_ERRORS):
                 await self._client.lease.revoke(lease_id, timeout=1.0, max_attempts=1)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, LeaseLostError):
+        return "lease_lost"
+    return "etcd_error" if isinstance(exc, ETCD_ERRORS) else "error"
 
 
 def _host_port(endpoint: str) -> str:
