@@ -79,7 +79,7 @@ def measure(name: str, ws_url: str, nats_url: str, args: argparse.Namespace) -> 
             ],
             stdout=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for n in per_loader
     ]
     for loader in loaders:
