@@ -11,6 +11,7 @@ import sys
 import nats
 import uvloop
 from aiohttp import WSMsgType, web
+from nats.aio.msg import Msg
 
 
 async def main(port: int, nats_url: str, subject: str) -> None:
@@ -31,7 +32,7 @@ async def main(port: int, nats_url: str, subject: str) -> None:
     async def ready(_request: web.Request) -> web.Response:
         return web.Response(text="ready\n")
 
-    async def on_message(msg: nats.aio.msg.Msg) -> None:
+    async def on_message(msg: Msg) -> None:
         frame = prefix + msg.data + b"}"
         for ws in list(clients):
             try:
