@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
 import msgspec
 import orjson
+from feed_harness import Recorder, blocking, metric, redis_client, service_env, start_service
 from hypothesis import given
 from hypothesis import strategies as st
 
 from marketpipe.exchange.messages import Ticker
+from marketpipe.infra.local import NatsCluster, RedisServer
+from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.services.feed_messages import tickers_from_rest
 from marketpipe.services.markets_model import MarketsModel
 
@@ -115,3 +123,86 @@ def test_data_carries_exactly_the_changed_pairs(rounds: list[list[tuple[str, str
         assert {s: m["c"] for s, m in data.items()} == expected
         snapshot = orjson.loads(tick.snapshot) if tick.snapshot else {}
         assert {s: m["c"] for s, m in snapshot.items()} == seen
+
+
+# --- end to end: simulator -> markets service (subprocess) -> NATS cluster + Redis --------------
+
+TIME_KEYS = {"E", "O", "C"}
+
+
+def _stats(ticker: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ticker.items() if k not in TIME_KEYS}
+
+
+def _ticks(recorder: Recorder) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """(SNAPSHOT, DATA of the same tick or None), in arrival order."""
+    ticks: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    for _at, subject, data in recorder.arrivals:
+        if subject == "markets.SNAPSHOT":
+            ticks.append((orjson.loads(data), None))
+        elif subject == "markets.DATA":
+            assert ticks and ticks[-1][1] is None, "DATA without its SNAPSHOT"
+            ticks[-1] = (ticks[-1][0], orjson.loads(data))
+    return ticks
+
+
+async def test_markets_snapshot_data_listing_and_delisting(
+    nats_cluster: NatsCluster, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    sim = await blocking(
+        SimulatorProcess(symbols=120, seed=5, extra_args=["--levels", "200"]).start
+    )
+    recorder = await Recorder.start(nats_cluster.urls, "markets.*")
+    env = service_env(sim, nats_cluster, redis_server, assets_poll_seconds="1")
+    service = await blocking(start_service, "markets", env, tmp_path)
+    cache = await redis_client(redis_server.url)
+    hash_key = env["MARKETPIPE_REDIS_PREFIX"] + "markets"
+    try:
+        symbols = {s["symbol"] for s in await blocking(sim.admin, "GET", "symbols")}
+        assert len(symbols) == 120
+        await asyncio.sleep(4)
+
+        # DATA carries exactly the pairs whose last price changed since the previous tick
+        ticks = _ticks(recorder)
+        assert len(ticks) >= 3
+        assert set(ticks[0][0]) == symbols  # the REST snapshot had every pair from the start
+        for (before, _), (after, data) in itertools.pairwise(ticks):
+            changed = {s for s, t in after.items() if s not in before or before[s]["c"] != t["c"]}
+            assert set(data or {}) == changed
+            assert all(data[s] == after[s] for s in changed) if data else True
+
+        # quiescence: the snapshot and the Redis hash equal the simulator's statistics
+        await blocking(sim.pause)
+        await asyncio.sleep(2.5)
+        mark = len(recorder.arrivals)
+        await asyncio.sleep(2.2)
+        quiet = [s for _at, s, _d in recorder.arrivals[mark:]]
+        assert "markets.DATA" not in quiet and quiet.count("markets.SNAPSHOT") >= 2
+        snapshot = _ticks(recorder)[-1][0]
+        stored = {k.decode(): orjson.loads(v) for k, v in (await cache.hgetall(hash_key)).items()}
+        assert set(snapshot) == set(stored) == symbols
+        for symbol in symbols:
+            truth = await blocking(sim.admin, "GET", "ticker", symbol=symbol)
+            assert _stats(snapshot[symbol]) == _stats(truth), symbol
+            assert _stats(stored[symbol]) == _stats(truth)  # the hash may be a tick newer
+
+        # a listing joins and a halted pair leaves, without a restart
+        gone = sorted(symbols)[0]
+        await blocking(sim.admin, "POST", "symbols", {"symbol": "NEWUSDT", "price": "2.00000000"})
+        await blocking(sim.admin, "POST", "symbols/status", {"symbol": gone, "status": "HALT"})
+
+        def switched() -> bool:
+            last = _ticks(recorder)[-1][0]
+            return "NEWUSDT" in last and gone not in last
+
+        await recorder.wait_for(switched, within=15)
+        assert any("NEWUSDT" in (data or {}) for _snapshot, data in _ticks(recorder))
+        await asyncio.sleep(0.5)
+        fields = {k.decode() for k in await cache.hkeys(hash_key)}
+        assert "NEWUSDT" in fields and gone not in fields
+        assert metric(service, "marketpipe_markets_pairs") == 120
+    finally:
+        await cache.aclose()
+        await recorder.close()
+        await blocking(service.stop)
+        await blocking(sim.stop)
