@@ -2,30 +2,46 @@
 
 The WebSocket endpoint (``/ws``, ``/``), the live page (GET ``/``) and the probes
 (``/livez``, ``/readyz``, ``/metrics``) share the one port. Every instance serves (no
-election): run as many as the load needs behind a load balancer.
+election): run as many as the load needs behind a load balancer. The symbols clients may name
+come from the same assets source the producing services use (``ASSETS_URL``, else the
+exchange's pair list), polled so that new pairs are served without a restart.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 
 from marketpipe.config import Settings
 from marketpipe.gateway.protocol import KnownSymbols
 from marketpipe.gateway.server import Gateway
+from marketpipe.services.feed import make_rest
 from marketpipe.services.runtime import ServiceContext, run_service
+from marketpipe.sources.assets import AssetsSource, Universe
 
 
 class GatewayService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.symbols = KnownSymbols()
+        self.assets = AssetsSource(ctx.settings, make_rest(ctx), self._universe_changed)
         self.gateway = Gateway(ctx.settings, ctx.nats, ctx.cache, self.symbols)
         self.gateway.add_routes(ctx.app)
+        self._assets_task: asyncio.Task[None] | None = None
+
+    def _universe_changed(self, universe: Universe) -> None:
+        self.symbols.replace(universe.symbols)
 
     async def start(self) -> None:
+        self._assets_task = asyncio.create_task(self.assets.run(), name="gateway-assets")
         self.gateway.start()
 
     async def stop(self) -> None:
         await self.gateway.stop()
+        if self._assets_task is not None:
+            self._assets_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._assets_task
 
     def ready(self) -> bool:
         return self.gateway.ready()

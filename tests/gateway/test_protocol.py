@@ -98,7 +98,7 @@ symbols = st.sampled_from(["BTCUSDT", "ethusdt", "DOGEUSDT", "DATA", "SNAPSHOT",
 @given(
     st.lists(st.tuples(topic_names, symbols), min_size=1, max_size=12),
     st.booleans(),
-    st.one_of(st.none(), st.integers(), st.text(max_size=5)),
+    st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=5)),
 )
 def test_valid_topics_round_trip_and_invalid_ones_are_refused(
     pairs: list[tuple[str, str]], as_list: bool, request_id: object

@@ -120,8 +120,9 @@ async def test_the_legacy_root_path_speaks_the_same_protocol(
     async with http.ws_connect(gateway.http_url + "/") as ws:
         reply = await request(ws, "subscribe", "tickers@BNBUSDT")
         assert reply["result"] == "subscribed"
-    async with http.get(gateway.http_url + "/") as page:
-        assert page.status == 200 and "text/html" in page.content_type
+    for path, kind in [("/", "text/html"), ("/static/app.js", "javascript")]:
+        async with http.get(gateway.http_url + path) as page:
+            assert page.status == 200 and kind in page.content_type
 
 
 async def test_every_channel(
@@ -213,6 +214,19 @@ async def test_bad_input_gets_an_error_and_the_connection_stays(
         assert error["error"]["code"] == 400 and expected in error["error"]["message"], error
         reply = await request(ws, "subscribe", "trades@BTCUSDT", 2)
         assert reply["result"] == "subscribed"
+
+
+async def test_unknown_symbol_is_refused_against_the_assets_list(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.ws_connect(gateway.ws_url) as ws:
+        for _ in range(40):  # the first assets poll runs as the gateway starts
+            reply = await request(ws, "subscribe", "trades@DOGEUSDT", 4)
+            if "error" in reply:
+                break
+            await asyncio.sleep(0.05)
+        assert reply == {"error": {"code": 400, "message": "unknown symbol 'DOGEUSDT'"}, "id": 4}
+        assert (await request(ws, "subscribe", "trades@BNBUSDT"))["result"] == "subscribed"
 
 
 async def test_topic_limit_counts_the_whole_connection(
