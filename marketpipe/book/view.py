@@ -1,0 +1,92 @@
+"""The published view of a live book (DESIGN §2 and §5), pure: spread filter, depth, JSON bytes.
+
+With mid = (best bid + best ask) / 2, bids priced at or above mid * (1 - MaxSpreadPct/100) and
+asks at or below mid * (1 + MaxSpreadPct/100) are kept, then the best ``Depth`` a side. The
+bounds are computed exactly with Decimal; the float keys of the book are only used to find them:
+float rounding is monotonic, so a key strictly on one side of ``float(bound)`` is on that side of
+the bound, and the single level whose key equals ``float(bound)`` (keys are unique) is compared
+exactly. A book with an empty side has no mid: its view is the best ``Depth`` levels unfiltered.
+
+Levels are the book's pre-encoded fragments (the exchange's strings, byte-identical), so a view
+is two slices and two joins.
+"""
+
+from __future__ import annotations
+
+import functools
+from bisect import bisect_left
+from decimal import Context, Decimal
+from typing import Protocol
+
+import orjson
+
+from marketpipe.book.book import BookSide, OrderBook, price_of
+from marketpipe.book.sync import BookSync
+
+# Prices have at most 15 digits and percentages are short: 40 digits keep every bound exact.
+_EXACT = Context(prec=40)
+_HUNDRED = Decimal(100)
+_TWO = Decimal(2)
+
+
+class ViewSettings(Protocol):
+    """Per-symbol view settings (``marketpipe.sources.settings.SymbolSettings`` fits)."""
+
+    @property
+    def max_spread_pct(self) -> float: ...
+    @property
+    def depth(self) -> int: ...
+
+
+@functools.lru_cache(maxsize=8192)  # the top of a book moves less often than it is published
+def spread_bounds(best_bid: str, best_ask: str, max_spread_pct: float) -> tuple[Decimal, Decimal]:
+    """(lowest bid kept, highest ask kept), exact. ``repr`` of the percentage is the decimal
+    the settings were written with (``5.5``, not its binary approximation)."""
+    ctx = _EXACT
+    mid = ctx.divide(ctx.add(Decimal(best_bid), Decimal(best_ask)), _TWO)
+    share = ctx.divide(Decimal(repr(max_spread_pct)), _HUNDRED)
+    return ctx.multiply(mid, ctx.subtract(1, share)), ctx.multiply(mid, ctx.add(1, share))
+
+
+def _first_inside(side: BookSide, bound: Decimal) -> int:
+    """Index in ``side`` of its worst level that is still inside ``bound``."""
+    keys = side.keys
+    key = -float(bound) if side.is_ask else float(bound)
+    at = bisect_left(keys, key)
+    if at < len(keys) and keys[at] == key:
+        price = Decimal(price_of(side.fragments[at]))
+        if (price > bound) if side.is_ask else (price < bound):
+            at += 1
+    return at
+
+
+def _side_json(side: BookSide, start: int, depth: int) -> bytes:
+    fragments = side.fragments
+    start = max(start, len(fragments) - depth)
+    return b",".join(reversed(fragments[start:]))
+
+
+def book_json(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[bytes, bytes]:
+    """The JSON bodies (without brackets) of the bids and asks arrays of the view."""
+    bids, asks = book.bids, book.asks
+    bid_start = ask_start = 0
+    if bids.fragments and asks.fragments:
+        low, high = spread_bounds(
+            price_of(bids.fragments[-1]), price_of(asks.fragments[-1]), max_spread_pct
+        )
+        bid_start, ask_start = _first_inside(bids, low), _first_inside(asks, high)
+    return _side_json(bids, bid_start, depth), _side_json(asks, ask_start, depth)
+
+
+def render_view(sync: BookSync, settings: ViewSettings, seq: int, epoch: int) -> bytes:
+    """The ``orderbook.<SYMBOL>`` message of a live book (the caller checks it is live)."""
+    bids, asks = book_json(sync.book, settings.max_spread_pct, settings.depth)
+    return b'{"symbol":%s,"lastUpdateId":%d,"E":%d,"seq":%d,"epoch":%d,"bids":[%s],"asks":[%s]}' % (
+        orjson.dumps(sync.symbol),
+        sync.last_update_id,
+        sync.last_event_time,
+        seq,
+        epoch,
+        bids,
+        asks,
+    )
