@@ -1,0 +1,376 @@
+"""``marketpipe orderbook``: an exact local book for every pair, on ``orderbook.<SYMBOL>``.
+
+A wiring of pure rooms (see docs/orderbook.md):
+
+- frames: :class:`~marketpipe.services.feed.PairFeed` keeps ``<pair>@depth@100ms`` for every pair
+  of the universe (assets API, polled: pairs start and stop at runtime) and decodes each frame;
+- sync: one :class:`~marketpipe.book.sync.BookSync` per pair (buffering, snapshot, gap and
+  overflow checks); a gap, an overflow or the pair's connection dropping resyncs that pair alone;
+- snapshots: one :class:`~marketpipe.exchange.snapshots.SnapshotScheduler` for all pairs,
+  priority pairs (and their resyncs) first, within the REST weight budget;
+- publishing: :class:`~marketpipe.services.publish_throttle.PublishThrottle` says which pairs are
+  due; the view (spread filter, ``Depth``) is rendered at that moment, so the newest state wins;
+  only a live book is ever published; the latest message also goes to Redis;
+- status: ``status.orderbook.<SYMBOL>`` tells syncing / live / resyncing (+ reason);
+- audit (optional): a live book against a fresh small REST snapshot at the same update id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from marketpipe.book.sync import (
+    Action,
+    BookChanged,
+    BookSync,
+    FetchSnapshot,
+    Rejected,
+    Resync,
+    StateChanged,
+)
+from marketpipe.book.view import render_view
+from marketpipe.config import Settings
+from marketpipe.exchange.messages import DepthUpdate, MarketEvent, decode_combined_depth
+from marketpipe.exchange.rest import DepthSnapshot, ExchangeError, ExchangeUnavailable
+from marketpipe.exchange.snapshot_plan import SnapshotPlanner
+from marketpipe.exchange.snapshots import SnapshotScheduler
+from marketpipe.logs import get_logger
+from marketpipe.ops.metrics import (
+    BAD_INPUT,
+    BOOK_AUDIT_MATCH,
+    BOOK_RESYNCS,
+    BOOKS_SYNCED,
+    BOOKS_TRACKED,
+    PUBLISH_LATENCY,
+)
+from marketpipe.services.book_audit import AuditBook, AuditSnapshot, Verdict, compare
+from marketpipe.services.book_status import LIVE, StatusBoard, status_subject
+from marketpipe.services.feed import PairFeed, make_rest
+from marketpipe.services.publish_throttle import PublishThrottle
+from marketpipe.services.runtime import ServiceContext, run_service
+from marketpipe.sources.assets import Universe
+from marketpipe.sources.settings import SettingsSource, SettingsTable
+from marketpipe.transport.nats import PayloadTooLargeError
+from marketpipe.transport.redis_cache import orderbook_key
+
+log = get_logger(__name__)
+
+STREAM_KIND = "depth@100ms"
+# Snapshots take this share of the REST budget; the rest is left for audits and other calls.
+SNAPSHOT_BUDGET_SHARE = 0.8
+AUDIT_LIMIT = 100  # weight 5: an audit costs next to nothing
+STATUS_REPUBLISH_SECONDS = 10.0
+
+
+def _decode(raw: bytes) -> MarketEvent:
+    return decode_combined_depth(raw).data
+
+
+class OrderbookService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        settings = ctx.settings
+        self.ctx = ctx
+        self.settings = settings
+        self.rest = make_rest(ctx)
+        self.planner = SnapshotPlanner(
+            weight_per_minute=self.rest.gate.budget * SNAPSHOT_BUDGET_SHARE,
+            priority_limit=settings.snapshot_limit,
+            other_limit=settings.snapshot_limit_others,
+        )
+        self.snapshots = SnapshotScheduler(
+            self.rest, self.planner, self._on_snapshot, self._on_snapshot_failed
+        )
+        self.feed = PairFeed(
+            ctx,
+            STREAM_KIND,
+            self._on_event,
+            self.rest,
+            on_universe=self._on_universe,
+            on_pairs_down=self._on_pairs_down,
+            decode=_decode,
+        )
+        self.book_settings = SettingsSource(settings, self._on_settings, session=None)
+        self.books: dict[str, BookSync] = {}
+        self.priority: frozenset[str] = frozenset()
+        self.throttle = PublishThrottle(settings.publish_interval_ms / 1000)
+        self.status = StatusBoard()
+        self.audits = AuditBook()
+        self._seq: dict[str, int] = {}
+        self._asked_limit: dict[str, int] = {}
+        self._ever_live: set[str] = set()
+        self._status_out: deque[tuple[str, bytes]] = deque()  # (subject, payload)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._latency: Any = PUBLISH_LATENCY.labels("orderbook")
+        self._resync_counters: dict[str, Any] = {}
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.snapshots.run(), name="orderbook-snapshots"),
+            asyncio.create_task(self.book_settings.run(), name="orderbook-settings"),
+            asyncio.create_task(self._publish_forever(), name="orderbook-publish"),
+            asyncio.create_task(self._republish_status_forever(), name="orderbook-status"),
+        ]
+        if self.settings.audit_interval_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._audit_forever(), name="orderbook-audit"))
+        await self.feed.start()
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def ready(self) -> bool:
+        """Streams connected and, for a leader, every book synced at least once (a later resync
+        of one pair does not make the whole instance unready)."""
+        if not self.feed.ready():
+            return False
+        return not self.ctx.leading or len(self._ever_live) >= len(self.books)
+
+    def on_leadership(self, is_leader: bool, epoch: int) -> None:
+        # A new term restarts seq at 1 and sends every live book and every status at once.
+        self._seq.clear()
+        if is_leader:
+            now = time.monotonic()
+            for symbol, sync in self.books.items():
+                if sync.is_live:
+                    self.throttle.forget(symbol)
+                    self.throttle.changed(symbol, now)
+            self._queue_all_status()
+            self._wake.set()
+
+    # --- the universe and settings ---
+
+    def _on_universe(self, universe: Universe) -> None:
+        wanted = set(universe.symbols)
+        self.priority = frozenset(universe.priority)
+        for symbol in self.books.keys() - wanted:
+            self._drop(symbol)
+        now_ms = int(time.time() * 1000)
+        for symbol in universe.symbols:  # priority pairs first: their streams come first too
+            if symbol not in self.books:
+                self.books[symbol] = BookSync(symbol, self.settings.diff_buffer_size)
+                self._set_status(symbol, "syncing", None, now_ms)
+        BOOKS_TRACKED.set(len(self.books))
+        self.feed.set_pairs(universe.symbols)
+        log.info("universe", pairs=len(wanted), priority=len(self.priority))
+
+    def _drop(self, symbol: str) -> None:
+        del self.books[symbol]
+        self.snapshots.cancel(symbol)
+        self.throttle.forget(symbol)
+        self.audits.cancel(symbol)
+        self._seq.pop(symbol, None)
+        self._asked_limit.pop(symbol, None)
+        self._ever_live.discard(symbol)
+        self._set_status(symbol, "stopped", "removed", int(time.time() * 1000))
+        self.status.remove(symbol)
+
+    def _on_settings(self, _table: SettingsTable) -> None:
+        # The view of every live book may change: republish them as their intervals allow.
+        now = time.monotonic()
+        for symbol, sync in self.books.items():
+            if sync.is_live:
+                self.throttle.changed(symbol, now)
+        self._wake.set()
+
+    # --- frames and snapshots in ---
+
+    def _on_event(self, event: MarketEvent) -> None:
+        if not isinstance(event, DepthUpdate):
+            BAD_INPUT.labels(source="exchange_ws", kind="unexpected_event").inc()
+            return
+        sync = self.books.get(event.symbol)
+        if sync is None:
+            return  # a pair just removed from the universe, or a stream we never asked for
+        self._act(event.symbol, sync, sync.on_diff(event))
+
+    def _on_pairs_down(self, symbols: set[str]) -> None:
+        for symbol in symbols:
+            sync = self.books.get(symbol)
+            if sync is not None:
+                self._act(symbol, sync, sync.on_disconnect())
+
+    def _request_snapshot(self, symbol: str, resync: bool) -> None:
+        priority = symbol in self.priority
+        limit = self.planner.priority_limit if priority else self.planner.other_limit
+        # The book must not believe a snapshot deeper than it is (it would take a cut-off side
+        # for a complete one): remember the smallest limit asked for until the answer comes.
+        self._asked_limit[symbol] = min(limit, self._asked_limit.get(symbol, limit))
+        self.snapshots.request(symbol, priority=priority, resync=resync, limit=limit)
+
+    def _on_snapshot(self, symbol: str, snapshot: DepthSnapshot) -> None:
+        limit = self._asked_limit.pop(symbol, None)
+        sync = self.books.get(symbol)
+        if sync is not None:
+            self._act(symbol, sync, sync.on_snapshot(snapshot, limit))
+
+    def _on_snapshot_failed(self, symbol: str, error: Exception) -> None:
+        if symbol in self.books:  # the book still waits for it: ask again, paced by the planner
+            self._request_snapshot(symbol, resync=True)
+
+    def _act(self, symbol: str, sync: BookSync, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if isinstance(action, BookChanged):
+                if self.throttle.changed(symbol, time.monotonic()):
+                    self._wake.set()
+                if self.audits.waiting(symbol):
+                    self._audit_advanced(symbol, sync)
+            elif isinstance(action, FetchSnapshot):
+                self._request_snapshot(symbol, resync=symbol in self._ever_live)
+            elif isinstance(action, Resync):
+                counter = self._resync_counters.get(action.reason)
+                if counter is None:
+                    counter = self._resync_counters[action.reason] = BOOK_RESYNCS.labels(
+                        action.reason
+                    )
+                counter.inc()
+                log.info("book_resync", symbol=symbol, reason=action.reason, detail=action.detail)
+            elif isinstance(action, StateChanged):
+                self._on_state(symbol, str(action.state), action.reason)
+            elif isinstance(action, Rejected):
+                BAD_INPUT.labels(source="depth", kind=action.kind).inc()
+                log.warning("depth_rejected", symbol=symbol, kind=action.kind, detail=action.detail)
+
+    def _on_state(self, symbol: str, state: str, reason: str | None) -> None:
+        if state == LIVE:
+            self._ever_live.add(symbol)
+            if self.throttle.changed(symbol, time.monotonic()):
+                self._wake.set()
+        else:
+            self.throttle.discard(symbol)  # that state must never go out
+            self.audits.cancel(symbol)
+        self._set_status(symbol, state, reason, int(time.time() * 1000))
+
+    def _set_status(self, symbol: str, state: str, reason: str | None, now_ms: int) -> None:
+        status = self.status.update(symbol, state, reason, now_ms)
+        if status is not None:
+            BOOKS_SYNCED.set(self.status.live_count)
+            self._status_out.append((status_subject(symbol), status.encode()))
+            self._wake.set()
+
+    def _queue_all_status(self) -> None:
+        self._status_out.extend((status_subject(s.symbol), s.encode()) for s in self.status.all())
+        self._wake.set()
+
+    # --- publishing ---
+
+    async def _publish_forever(self) -> None:
+        throttle = self.throttle
+        while True:
+            while self._status_out:
+                subject, payload = self._status_out.popleft()
+                with contextlib.suppress(PayloadTooLargeError):
+                    await self.ctx.publish(subject, payload)
+            now = time.monotonic()
+            due = throttle.next_due()
+            if due is None or due > now:
+                self._wake.clear()
+                timeout = None if due is None else due - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            for symbol in throttle.pop_due(now):
+                await self._publish_book(symbol)
+
+    async def _publish_book(self, symbol: str) -> None:
+        sync = self.books.get(symbol)
+        if sync is None or not sync.is_live:
+            return
+        seq = self._seq.get(symbol, 0) + 1
+        payload = render_view(
+            sync, self.book_settings.settings_for(symbol), seq=seq, epoch=self.ctx.epoch
+        )
+        self.throttle.sent(symbol, time.monotonic())
+        try:
+            sent = await self.ctx.publish(f"orderbook.{symbol}", payload)
+        except PayloadTooLargeError:
+            return  # logged and counted by the publisher
+        if sent:
+            self._seq[symbol] = seq
+            self._latency.observe(max(0.0, time.time() - sync.last_event_time / 1000))
+            self.ctx.cache_value(orderbook_key(symbol), payload)
+
+    async def _republish_status_forever(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_REPUBLISH_SECONDS)
+            self._queue_all_status()
+
+    # --- audit ---
+
+    async def _audit_forever(self) -> None:
+        order: itertools.cycle[str] | None = None
+        known: frozenset[str] = frozenset()
+        while True:
+            await asyncio.sleep(self.settings.audit_interval_seconds)
+            if self.planner.pending:
+                continue  # syncing books come first
+            if known != self.books.keys():
+                known = frozenset(self.books)
+                order = itertools.cycle(sorted(known))
+            if order is None or not known:
+                continue
+            for symbol in itertools.islice(order, len(known)):
+                sync = self.books.get(symbol)
+                if sync is not None and sync.is_live:
+                    await self._audit(symbol)
+                    break
+
+    async def _audit(self, symbol: str) -> None:
+        try:
+            reply = await self.rest.depth(symbol, AUDIT_LIMIT)
+        except (ExchangeError, ExchangeUnavailable) as exc:
+            log.warning("audit_snapshot_failed", symbol=symbol, error=str(exc))
+            return
+        sync = self.books.get(symbol)
+        if sync is None or not sync.is_live:
+            return
+        snapshot = AuditSnapshot(reply.last_update_id, AUDIT_LIMIT, reply.bids, reply.asks)
+        verdict = self.audits.offer(symbol, snapshot, sync.last_update_id)
+        if verdict is Verdict.COMPARE:
+            self._audit_compare(symbol, sync, snapshot)
+        elif verdict is Verdict.MISSED:
+            log.info("audit_missed", symbol=symbol, snapshot_id=reply.last_update_id)
+
+    def _audit_advanced(self, symbol: str, sync: BookSync) -> None:
+        verdict, snapshot = self.audits.advanced(symbol, sync.last_update_id)
+        if verdict is Verdict.COMPARE and snapshot is not None:
+            self._audit_compare(symbol, sync, snapshot)
+        elif verdict is Verdict.MISSED:
+            log.info("audit_missed", symbol=symbol, book_id=sync.last_update_id)
+
+    def _audit_compare(self, symbol: str, sync: BookSync, snapshot: AuditSnapshot) -> None:
+        book = sync.book
+        result = compare(symbol, snapshot, book.bids.levels(), book.asks.levels())
+        BOOK_AUDIT_MATCH.labels(symbol).set(result.ratio)
+        log.info(
+            "audit",
+            symbol=symbol,
+            update_id=result.last_update_id,
+            compared=result.compared,
+            matching=result.matching,
+        )
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Keep an exact local order book for every pair (REST snapshots + <pair>@depth@100ms "
+        "diffs), publish a filtered view on orderbook.<SYMBOL> (at most one message per pair "
+        "per PUBLISH_INTERVAL_MS), each book's state on status.orderbook.<SYMBOL>, and the "
+        "latest book in Redis (marketpipe:orderbook:<SYMBOL>)."
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    return run_service("orderbook", args, settings, OrderbookService)
