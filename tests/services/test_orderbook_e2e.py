@@ -300,3 +300,37 @@ async def test_books_are_exact_under_every_fault(rig: Rig) -> None:
     metrics = await rig.metrics()
     assert 'marketpipe_book_resyncs_total{reason="gap"}' in metrics
     assert f"marketpipe_books_synced {float(len(symbols))}" in metrics
+
+
+async def test_a_resync_does_not_delay_the_other_books(rig: Rig) -> None:
+    everyone = set(rig.symbols)
+    await rig.drive_until(lambda: rig.recorder.live() == everyone, within=60)
+    victim = rig.symbols[5]
+    # the victim loses a diff, then its snapshot takes 2 s: it resyncs for at least that long
+    rig.sim.fault(type="slow_snapshot", symbol=victim, seconds=2.0)
+    rig.sim.fault(type="drop", symbol=victim, count=1)
+    start = len(rig.recorder.books)
+    stepped: list[tuple[float, dict[str, int]]] = []
+    for _ in range(16):
+        await rig.step()
+        ids = {s: max(rig.truth.views[s]) for s in rig.symbols}
+        stepped.append((time.monotonic(), ids))
+        await asyncio.sleep(0.15)
+    await asyncio.sleep(0.3)
+    assert rig.recorder.status[victim]["state"] == "live"
+    published = rig.recorder.books[start:]
+    seen = {(m["symbol"], m["lastUpdateId"]): t for t, m in published}
+    victim_ids = {m["lastUpdateId"] for _, m in published if m["symbol"] == victim}
+    assert len(victim_ids) < len(stepped) - 5  # the victim really was out of sync a while
+    delays = []
+    previous = stepped[0][1]
+    for when, ids in stepped[1:]:
+        for symbol in everyone - {victim}:
+            if ids[symbol] == previous[symbol]:
+                continue  # that step did not change this book
+            assert (symbol, ids[symbol]) in seen, f"{symbol} skipped {ids[symbol]}"
+            delays.append(seen[symbol, ids[symbol]] - when)
+        previous = ids
+    delays.sort()
+    # every change of every other book went out, promptly (interval 100 ms, steps 150 ms apart)
+    assert delays[-1] < 0.25, delays[-10:]
