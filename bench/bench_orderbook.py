@@ -1,0 +1,274 @@
+"""Benchmark b: the whole exchange (2000 pairs x 10 diffs/s) into one ``orderbook`` process.
+
+    .venv/bin/python -m bench.bench_orderbook [--pairs 2000] [--rate 10] [--seconds 60]
+
+One simulator process (``--pairs`` symbols, ``--rate`` diffs/s per pair, ``--levels`` a side), a
+1-node NATS server and Redis on loopback; the orderbook service with its defaults (publish interval
+100 ms, view ``Depth`` 250 inside a 35 % spread, snapshots 5000 levels for priority pairs, 500 for
+the others) except the REST weight budget, raised (service and simulator) so that the initial
+sync of every book takes seconds instead of the ~30 minutes 2000 snapshots need at 6000/min: the
+measured window starts once every book is live (``/readyz``), and the sync time is printed.
+
+1. Baseline: a bare client in this process reads every ``<pair>@depth@100ms`` stream straight
+   from the simulator (aiohttp, orjson) and records exchange event time ``E`` -> receive time:
+   the floor set by the simulator and the machine.
+2. The orderbook service as a subprocess (leader, no etcd). A NATS subscriber in this process
+   takes ``orderbook.<SYMBOL>`` for a sample of pairs (every 10th: parsing 20 k books/s of
+   ~16 KB here would measure this process, not the service) and records per message:
+   - ``E -> received``: includes the throttle's wait;
+   - **beyond the throttle**: received - max(``E``, previous message of that pair received +
+     interval). The service may not send a pair's book before its previous one + interval, so
+     this is the time the pipeline adds on top of what the throttle forces (a change arriving
+     after a quiet interval counts from its ``E``).
+   Lag: p50 beyond the throttle per tenth of the window (it must not grow). CPU share of each
+   process from ``/proc/<pid>/stat`` (100 % = one core), the service's RSS at start and end.
+
+Prints figures and ratios against the baseline and the targets (<= 1 core, p99 <= 20 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import orjson
+
+from bench.bench_feeds import cpu_seconds
+from marketpipe.infra.local import NatsCluster, RedisServer
+from marketpipe.infra.services import service_env, service_port, start_service
+from marketpipe.infra.simulator import SimulatorProcess
+
+STREAMS_PER_CONNECTION = 200
+SAMPLE_EVERY = 10
+INTERVAL_MS = 100
+WEIGHT_LIMIT = 10_000_000
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def header_event_time(data: bytes) -> int:
+    """``E`` from the head of an ``orderbook.<SYMBOL>`` message, without parsing the levels."""
+    at = data.index(b'"E":') + 4
+    return int(data[at : data.index(b",", at)])
+
+
+@dataclass
+class Samples:
+    raw: list[float] = field(default_factory=list)
+    beyond: list[tuple[float, float]] = field(default_factory=list)  # (received, seconds)
+    last_received: dict[str, float] = field(default_factory=dict)
+    counting: bool = False
+
+    def add(self, symbol: str, event_ms: int, now: float) -> None:
+        event = event_ms / 1000
+        previous = self.last_received.get(symbol)
+        self.last_received[symbol] = now
+        if not self.counting:
+            return
+        self.raw.append(now - event)
+        allowed = event if previous is None else max(event, previous + INTERVAL_MS / 1000)
+        self.beyond.append((now, now - allowed))
+
+
+async def bare_client(sim: SimulatorProcess, pairs: list[str], seconds: float) -> list[float]:
+    """E -> receive time of every diff, read straight from the simulator."""
+    streams = [f"{p.lower()}@depth@100ms" for p in pairs]
+    latencies: list[float] = []
+    counting = False
+
+    async def read(session: aiohttp.ClientSession, chunk: list[str]) -> None:
+        url = f"{sim.ws_url}/stream?streams={'/'.join(chunk)}"
+        async with session.ws_connect(url, max_msg_size=0) as ws:
+            async for msg in ws:
+                now = time.time()
+                if counting:
+                    latencies.append(now - orjson.loads(msg.data)["data"]["E"] / 1000)
+
+    async with aiohttp.ClientSession() as session:
+        chunks = [
+            streams[i : i + STREAMS_PER_CONNECTION]
+            for i in range(0, len(streams), STREAMS_PER_CONNECTION)
+        ]
+        tasks = [asyncio.create_task(read(session, c)) for c in chunks]
+        await asyncio.sleep(3)
+        counting = True
+        await asyncio.sleep(seconds)
+        counting = False
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return latencies
+
+
+async def published_total(port: int) -> float:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("marketpipe_published_messages_total{") and "orderbook" in line
+    )
+
+
+async def run_service(
+    sim: SimulatorProcess,
+    cluster: NatsCluster,
+    redis_server: RedisServer,
+    pairs: list[str],
+    seconds: float,
+    logdir: Path,
+) -> dict[str, Any]:
+    samples = Samples()
+    nc = await nats.connect(servers=cluster.urls, pending_size=512 * 1024 * 1024)
+
+    async def on_message(msg: Any) -> None:
+        samples.add(msg.subject, header_event_time(msg.data), time.time())
+
+    for symbol in pairs[::SAMPLE_EVERY]:
+        await nc.subscribe(f"orderbook.{symbol}", cb=on_message, pending_msgs_limit=10_000_000)
+    env = service_env(
+        sim,
+        cluster,
+        redis_server,
+        rest_weight_limit=str(WEIGHT_LIMIT),
+        streams_per_connection=str(STREAMS_PER_CONNECTION),
+        settings_url=sim.settings_url,
+    )
+    began = time.monotonic()
+    process = await asyncio.to_thread(start_service, "orderbook", env, logdir, 900)
+    synced_after = time.monotonic() - began
+    assert process.proc is not None
+    pid, port = process.proc.pid, service_port(process)
+    try:
+        await asyncio.sleep(3)
+        rss_start = rss_mb(pid)
+        cpu_before = {"orderbook": cpu_seconds(pid), "simulator": cpu_seconds(sim.pid)}
+        published_before = await published_total(port)
+        started = time.monotonic()
+        samples.counting = True
+        await asyncio.sleep(seconds)
+        samples.counting = False
+        elapsed = time.monotonic() - started
+        published = await published_total(port) - published_before
+        cpu = {
+            "orderbook": (cpu_seconds(pid) - cpu_before["orderbook"]) / elapsed,
+            "simulator": (cpu_seconds(sim.pid) - cpu_before["simulator"]) / elapsed,
+        }
+        rss_end = rss_mb(pid)
+    finally:
+        await nc.close()
+        await asyncio.to_thread(process.stop)
+    return {
+        "samples": samples,
+        "cpu": cpu,
+        "rss": (rss_start, rss_end),
+        "published_per_second": published / elapsed,
+        "synced_after": synced_after,
+    }
+
+
+def lag_by_tenth(samples: Samples, seconds: float) -> list[float]:
+    if not samples.beyond:
+        return []
+    first = samples.beyond[0][0]
+    tenths: list[list[float]] = [[] for _ in range(10)]
+    for received, value in samples.beyond:
+        tenths[min(9, int((received - first) / seconds * 10))].append(value)
+    return [percentile(t, 0.5) * 1000 for t in tenths if t]
+
+
+async def main(args: argparse.Namespace) -> None:
+    logdir = Path(args.logdir)
+    await asyncio.to_thread(logdir.mkdir, parents=True, exist_ok=True)
+    cluster = NatsCluster(size=1).start()
+    redis_server = RedisServer().start()
+    sim = SimulatorProcess(
+        symbols=args.pairs,
+        seed=1,
+        extra_args=[
+            *("--levels", str(args.levels), "--rate", str(args.rate)),
+            *("--weight-limit", str(WEIGHT_LIMIT)),
+        ],
+    )
+    await asyncio.to_thread(sim.start, 180)
+    try:
+        pairs = [s["symbol"] for s in await asyncio.to_thread(sim.admin, "GET", "symbols")]
+        print(
+            f"{len(pairs)} pairs x {args.rate:g} diffs/s, {args.levels} levels a side, "
+            f"{args.seconds:.0f} s measured per phase"
+        )
+        baseline = await bare_client(sim, pairs, args.seconds)
+        base50, base99 = percentile(baseline, 0.5) * 1000, percentile(baseline, 0.99) * 1000
+        print("\nbaseline: bare client on the simulator's depth streams, E -> received")
+        print(
+            f"  {len(baseline) / args.seconds:9.0f} diffs/s   p50 {base50:6.1f} ms   "
+            f"p99 {base99:6.1f} ms"
+        )
+        result = await run_service(sim, cluster, redis_server, pairs, args.seconds, logdir)
+        samples: Samples = result["samples"]
+        beyond = [v for _, v in samples.beyond]
+        b50, b99 = percentile(beyond, 0.5) * 1000, percentile(beyond, 0.99) * 1000
+        r50, r99 = percentile(samples.raw, 0.5) * 1000, percentile(samples.raw, 0.99) * 1000
+        cpu = result["cpu"]
+        rss_start, rss_end = result["rss"]
+        print(f"\norderbook: all books live {result['synced_after']:.1f} s after start")
+        print(
+            f"  published {result['published_per_second']:9.0f} books/s "
+            f"(target ceiling {len(pairs) * 1000 / INTERVAL_MS:.0f}/s)"
+        )
+        print(
+            f"  E -> received (incl. throttle wait) p50 {r50:6.1f} ms   p99 {r99:6.1f} ms   "
+            f"({len(samples.raw)} messages of {len(pairs[::SAMPLE_EVERY])} sampled pairs)"
+        )
+        print(
+            f"  beyond the throttle                p50 {b50:6.1f} ms   p99 {b99:6.1f} ms   "
+            f"(target p99 <= 20 ms: {'met' if b99 <= 20 else 'MISSED'}; "
+            f"p99 x{b99 / base99:.1f} the baseline's)"
+        )
+        lag = lag_by_tenth(samples, args.seconds)
+        print("  lag: p50 beyond the throttle per tenth of the window (ms): "
+              + " ".join(f"{v:.1f}" for v in lag))  # fmt: skip
+        print(
+            f"  CPU: orderbook {cpu['orderbook']:.0%} of a core "
+            f"(target <= 100%: {'met' if cpu['orderbook'] <= 1 else 'MISSED'}), "
+            f"simulator {cpu['simulator']:.0%}"
+        )
+        print(f"  RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB at end")
+        print(f"\nlogs: {logdir}")
+    finally:
+        await asyncio.to_thread(sim.stop)
+        redis_server.stop()
+        cluster.stop()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=10.0, help="diffs/s per pair")
+    parser.add_argument("--levels", type=int, default=1000, help="simulated levels a side")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per phase")
+    parser.add_argument("--logdir", default="/tmp/marketpipe-bench-orderbook")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
