@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
 import statistics
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,7 +33,8 @@ import aiohttp
 import nats
 import orjson
 
-from marketpipe.infra.local import NatsCluster, Process, RedisServer, _http_ok, free_port
+from marketpipe.infra.local import NatsCluster, RedisServer
+from marketpipe.infra.services import service_env, start_service
 from marketpipe.infra.simulator import SimulatorProcess
 
 SERVICES = ("trades", "tickers", "markets")
@@ -104,19 +103,6 @@ async def bare_client(sim: SimulatorProcess, pairs: list[str], seconds: float) -
     return latencies
 
 
-def start_service(name: str, env: dict[str, str], logdir: Path) -> Process:
-    port = free_port()
-    process = Process(
-        name=name,
-        argv=[sys.executable, "-m", "marketpipe", name, "--port", str(port)],
-        healthy=functools.partial(_http_ok, f"http://127.0.0.1:{port}/readyz"),
-        log_path=logdir / f"{name}.log",
-        env=env,
-    )
-    process.start(timeout=120)
-    return process
-
-
 async def pipeline(
     sim: SimulatorProcess,
     cluster: NatsCluster,
@@ -141,18 +127,12 @@ async def pipeline(
         latencies.add(channel, orjson.loads(msg.data)["E"], now)
 
     await nc.subscribe(">", cb=on_message, pending_msgs_limit=50_000_000)
-    env = {
-        "MARKETPIPE_NATS_URLS": ",".join(cluster.urls),
-        "MARKETPIPE_REDIS_URL": redis_server.url,
-        "MARKETPIPE_BINANCE_REST_URL": sim.rest_url,
-        "MARKETPIPE_BINANCE_WS_URL": sim.ws_url,
-        "MARKETPIPE_ASSETS_URL": sim.assets_url,
-        "MARKETPIPE_ETCD_ENDPOINTS": "",
-        "MARKETPIPE_STREAMS_PER_CONNECTION": str(STREAMS_PER_CONNECTION),
-    }
+    env = service_env(
+        sim, cluster, redis_server, streams_per_connection=str(STREAMS_PER_CONNECTION)
+    )
     processes = {}
     for name in SERVICES:
-        processes[name] = await asyncio.to_thread(start_service, name, env, logdir)
+        processes[name] = await asyncio.to_thread(start_service, name, env, logdir, 120)
     try:
         await asyncio.sleep(3)
         pids = {name: p.proc.pid for name, p in processes.items() if p.proc is not None}

@@ -72,53 +72,14 @@ def ticker_message(ticker: Ticker) -> bytes:
     return encoded[: -len(_NO_X)] + b"}" if ticker.x is None else encoded
 
 
-class _RestTicker(
-    msgspec.Struct,
-    frozen=True,
-    rename={
-        "p": "priceChange",
-        "P": "priceChangePercent",
-        "w": "weightedAvgPrice",
-        "x": "prevClosePrice",
-        "c": "lastPrice",
-        "Q": "lastQty",
-        "b": "bidPrice",
-        "B": "bidQty",
-        "a": "askPrice",
-        "A": "askQty",
-        "o": "openPrice",
-        "h": "highPrice",
-        "l": "lowPrice",
-        "v": "volume",
-        "q": "quoteVolume",
-        "O": "openTime",
-        "C": "closeTime",
-        "F": "firstId",
-        "L": "lastId",
-        "n": "count",
-    },
-):
-    symbol: str
-    p: str
-    P: str
-    w: str
-    x: str
-    c: str
-    Q: str
-    b: str
-    B: str
-    a: str
-    A: str
-    o: str
-    h: str
-    l: str  # noqa: E741 (the exchange's letter)
-    v: str
-    q: str
-    O: int  # noqa: E741
-    C: int
-    F: int
-    L: int
-    n: int
+# stream letter -> REST ticker/24hr name (``E`` has no REST twin: ``closeTime`` stands in)
+REST_TICKER_NAMES = {
+    "s": "symbol", "p": "priceChange", "P": "priceChangePercent", "w": "weightedAvgPrice",
+    "x": "prevClosePrice", "c": "lastPrice", "Q": "lastQty", "b": "bidPrice", "B": "bidQty",
+    "a": "askPrice", "A": "askQty", "o": "openPrice", "h": "highPrice", "l": "lowPrice",
+    "v": "volume", "q": "quoteVolume", "O": "openTime", "C": "closeTime", "F": "firstId",
+    "L": "lastId", "n": "count",
+}  # fmt: skip
 
 
 def tickers_from_rest(rows: list[dict[str, Any]]) -> tuple[list[Ticker], int]:
@@ -127,15 +88,12 @@ def tickers_from_rest(rows: list[dict[str, Any]]) -> tuple[list[Ticker], int]:
     bad = 0
     for row in rows:
         try:
-            r = msgspec.convert(row, _RestTicker)
-        except msgspec.ValidationError:
+            fields = {letter: row[name] for letter, name in REST_TICKER_NAMES.items()}
+            ticker = msgspec.convert(
+                {"e": "24hrTicker", "E": row["closeTime"], **fields}, Ticker, strict=True
+            )
+        except (KeyError, TypeError, msgspec.ValidationError):
             bad += 1
             continue
-        tickers.append(
-            Ticker(
-                E=r.C, s=r.symbol, p=r.p, P=r.P, w=r.w, c=r.c, Q=r.Q, b=r.b, B=r.B, a=r.a,
-                A=r.A, o=r.o, h=r.h, l=r.l, v=r.v, q=r.q, O=r.O, C=r.C, F=r.F, L=r.L, n=r.n,
-                x=r.x,
-            )
-        )  # fmt: skip
+        tickers.append(ticker)
     return tickers, bad

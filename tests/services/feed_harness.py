@@ -4,13 +4,12 @@ pointed at the simulator, the NATS cluster and Redis, and a NATS subscriber that
 from __future__ import annotations
 
 import asyncio
-import functools
-import sys
+import contextlib
 import time
 import urllib.request
-import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,47 +17,15 @@ import nats
 import orjson
 import redis.asyncio as aioredis
 
-from marketpipe.infra.local import NatsCluster, Process, RedisServer, _http_ok, free_port
+from marketpipe.infra.local import NatsCluster, Process, RedisServer
+from marketpipe.infra.services import service_env, service_port, start_service
 from marketpipe.infra.simulator import SimulatorProcess
-
-
-def service_env(
-    sim: SimulatorProcess, cluster: NatsCluster, redis_server: RedisServer, **extra: str
-) -> dict[str, str]:
-    env = {
-        "MARKETPIPE_NATS_URLS": ",".join(cluster.urls),
-        "MARKETPIPE_REDIS_URL": redis_server.url,
-        "MARKETPIPE_REDIS_PREFIX": f"mp{uuid.uuid4().hex[:8]}:",
-        "MARKETPIPE_BINANCE_REST_URL": sim.rest_url,
-        "MARKETPIPE_BINANCE_WS_URL": sim.ws_url,
-        "MARKETPIPE_ASSETS_URL": sim.assets_url,
-        "MARKETPIPE_ETCD_ENDPOINTS": "",
-        "MARKETPIPE_STREAMS_PER_CONNECTION": "50",
-        "MARKETPIPE_REST_WEIGHT_SHARE": "1.0",
-    }
-    env.update({f"MARKETPIPE_{k.upper()}": v for k, v in extra.items()})
-    return env
-
-
-def start_service(name: str, env: dict[str, str], logdir: Path, timeout: float = 30) -> Process:
-    """``python -m marketpipe <name> --port N``, started once ``/readyz`` answers 200."""
-    port = free_port()
-    process = Process(
-        name=name,
-        argv=[sys.executable, "-m", "marketpipe", name, "--port", str(port)],
-        healthy=functools.partial(_http_ok, f"http://127.0.0.1:{port}/readyz"),
-        log_path=logdir / f"{name}.log",
-        env=env,
-    )
-    process.start(timeout=timeout)
-    process.port = port  # type: ignore[attr-defined]
-    return process
 
 
 def metric(process: Process, name: str, **labels: str) -> float:
     """One sample of the service's ``/metrics`` (0 when absent)."""
-    port = process.port  # type: ignore[attr-defined]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+    url = f"http://127.0.0.1:{service_port(process)}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     head = f"{name}{{{want}}}" if want else name
@@ -111,8 +78,50 @@ class Recorder:
         await self._nc.close()
 
 
-async def redis_client(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url)
+@dataclass
+class Stack:
+    sim: SimulatorProcess
+    recorder: Recorder
+    service: Process
+    redis: aioredis.Redis
+    prefix: str  # the service's Redis key prefix
+
+
+@contextlib.asynccontextmanager
+async def feed_stack(
+    name: str,
+    subject: str,
+    cluster: NatsCluster,
+    redis_server: RedisServer,
+    logdir: Path,
+    *,
+    symbols: int = 120,
+    seed: int = 1,
+    **settings: str,
+) -> AsyncIterator[Stack]:
+    """A simulator, a NATS recorder of ``subject`` and service ``name`` started in that order."""
+    sim = SimulatorProcess(symbols=symbols, seed=seed, extra_args=["--levels", "200"])
+    await blocking(sim.start)
+    recorder = await Recorder.start(cluster.urls, subject)
+    env = service_env(
+        sim,
+        cluster,
+        redis_server,
+        streams_per_connection="50",
+        rest_weight_share="1.0",
+        **settings,
+    )
+    service: Process | None = None
+    cache = aioredis.from_url(redis_server.url)
+    try:
+        service = await blocking(start_service, name, env, logdir)
+        yield Stack(sim, recorder, service, cache, env["MARKETPIPE_REDIS_PREFIX"])
+    finally:
+        await cache.aclose()
+        await recorder.close()
+        if service is not None:
+            await blocking(service.stop)
+        await blocking(sim.stop)
 
 
 async def blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -9,13 +9,12 @@ from typing import Any
 
 import msgspec
 import orjson
-from feed_harness import Recorder, blocking, metric, redis_client, service_env, start_service
+from feed_harness import Recorder, blocking, feed_stack, metric
 from hypothesis import given
 from hypothesis import strategies as st
 
 from marketpipe.exchange.messages import Ticker
 from marketpipe.infra.local import NatsCluster, RedisServer
-from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.services.feed_messages import tickers_from_rest
 from marketpipe.services.markets_model import MarketsModel
 
@@ -149,15 +148,17 @@ def _ticks(recorder: Recorder) -> list[tuple[dict[str, Any], dict[str, Any] | No
 async def test_markets_snapshot_data_listing_and_delisting(
     nats_cluster: NatsCluster, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    sim = await blocking(
-        SimulatorProcess(symbols=120, seed=5, extra_args=["--levels", "200"]).start
-    )
-    recorder = await Recorder.start(nats_cluster.urls, "markets.*")
-    env = service_env(sim, nats_cluster, redis_server, assets_poll_seconds="1")
-    service = await blocking(start_service, "markets", env, tmp_path)
-    cache = await redis_client(redis_server.url)
-    hash_key = env["MARKETPIPE_REDIS_PREFIX"] + "markets"
-    try:
+    async with feed_stack(
+        "markets",
+        "markets.*",
+        nats_cluster,
+        redis_server,
+        tmp_path,
+        seed=5,
+        assets_poll_seconds="1",
+    ) as stack:
+        sim, recorder, service, cache = stack.sim, stack.recorder, stack.service, stack.redis
+        hash_key = stack.prefix + "markets"
         symbols = {s["symbol"] for s in await blocking(sim.admin, "GET", "symbols")}
         assert len(symbols) == 120
         await asyncio.sleep(4)
@@ -201,8 +202,3 @@ async def test_markets_snapshot_data_listing_and_delisting(
         fields = {k.decode() for k in await cache.hkeys(hash_key)}
         assert "NEWUSDT" in fields and gone not in fields
         assert metric(service, "marketpipe_markets_pairs") == 120
-    finally:
-        await cache.aclose()
-        await recorder.close()
-        await blocking(service.stop)
-        await blocking(sim.stop)

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
 import orjson
-from feed_harness import (
-    Recorder,
-    blocking,
-    metric,
-    redis_client,
-    service_env,
-    start_service,
-)
+from feed_harness import blocking, feed_stack, metric
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -285,13 +279,10 @@ def _truth(sim: SimulatorProcess, symbol: str) -> list[dict[str, Any]]:
 async def test_every_trade_once_in_order_across_a_disconnect(
     nats_cluster: NatsCluster, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    sim = await blocking(
-        SimulatorProcess(symbols=120, seed=7, extra_args=["--levels", "200"]).start
-    )
-    recorder = await Recorder.start(nats_cluster.urls, "trades.>")
-    env = service_env(sim, nats_cluster, redis_server)
-    service = await blocking(start_service, "trades", env, tmp_path)
-    try:
+    async with feed_stack(
+        "trades", "trades.>", nats_cluster, redis_server, tmp_path, seed=7
+    ) as stack:
+        sim, recorder, service = stack.sim, stack.recorder, stack.service
         await asyncio.sleep(2)
         await blocking(sim.fault, type="close", abrupt=True)  # every stream connection drops
         await asyncio.sleep(0.5)
@@ -303,8 +294,6 @@ async def test_every_trade_once_in_order_across_a_disconnect(
 
         symbols = [s["symbol"] for s in await blocking(sim.admin, "GET", "symbols")]
         assert len(symbols) == 120
-        cache = await redis_client(redis_server.url)
-        prefix = env["MARKETPIPE_REDIS_PREFIX"]
         for symbol in symbols:
             truth = await blocking(_truth, sim, symbol)
             got = recorder.decoded(f"trades.{symbol}")
@@ -312,18 +301,11 @@ async def test_every_trade_once_in_order_across_a_disconnect(
             first = got[0]["t"]
             expected = [_trade_fields(m) for m in truth if m["t"] >= first]
             assert [_trade_fields(m) for m in got] == expected, symbol
-            cached = [
-                orjson.loads(m) for m in await cache.lrange(f"{prefix}trades:{symbol}", 0, -1)
-            ]
+            stored = await stack.redis.lrange(f"{stack.prefix}trades:{symbol}", 0, -1)
+            cached = [orjson.loads(m) for m in stored]
             assert [_trade_fields(m) for m in cached] == expected[::-1][:10], symbol
-        await cache.aclose()
-        assert metric(service, "marketpipe_trade_continuity_total", event="gap") > 0
-        assert metric(service, "marketpipe_trade_continuity_total", event="recovered") > 0
-        assert metric(service, "marketpipe_trade_continuity_total", event="skipped") == 0
-        assert (
-            metric(service, "marketpipe_bad_input_total", source="exchange_ws", kind="schema") > 0
-        )
-    finally:
-        await recorder.close()
-        await blocking(service.stop)
-        await blocking(sim.stop)
+        continuity = functools.partial(metric, service, "marketpipe_trade_continuity_total")
+        assert continuity(event="gap") > 0 and continuity(event="recovered") > 0
+        assert continuity(event="skipped") == 0 and continuity(event="rejected") == 0
+        bad = metric(service, "marketpipe_bad_input_total", source="exchange_ws", kind="schema")
+        assert bad > 0
