@@ -15,6 +15,8 @@ DIFF_FAULTS = ("drop", "duplicate", "reorder")
 CONNECTION_FAULTS = ("close", "malformed", "silent", "server_shutdown")
 MALFORMED_KINDS = ("not_json", "wrong_types", "bad_sequence")
 REST_STATUSES = (429, 418, 500, 502, 503, 504)
+REST_FAULTS = ("rest_error", "rest_malformed")  # rest_malformed: HTTP 200, unreadable body
+REST_MALFORMED_KINDS = ("not_json", "wrong_types")
 
 
 class FaultError(ValueError):
@@ -42,7 +44,7 @@ class Fault:
 def parse_fault(data: Any) -> Fault:
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise FaultError("a fault is an object with a string 'type'")
-    known = DIFF_FAULTS + CONNECTION_FAULTS + ("stale_snapshot", "slow_snapshot", "rest_error")
+    known = DIFF_FAULTS + CONNECTION_FAULTS + REST_FAULTS + ("stale_snapshot", "slow_snapshot")
     if data["type"] not in known:
         raise FaultError(f"unknown fault type {data['type']!r}; expected one of {', '.join(known)}")
     fields = set(Fault.__dataclass_fields__)
@@ -63,6 +65,8 @@ def parse_fault(data: Any) -> Fault:
         raise FaultError(f"status must be one of {REST_STATUSES}")
     if fault.type == "malformed" and fault.kind not in MALFORMED_KINDS:
         raise FaultError(f"kind must be one of {', '.join(MALFORMED_KINDS)}")
+    if fault.type == "rest_malformed" and fault.kind not in REST_MALFORMED_KINDS:
+        raise FaultError(f"kind must be one of {', '.join(REST_MALFORMED_KINDS)}")
     if fault.type == "stale_snapshot" and fault.count is None:
         fault.count = 1
     return fault
@@ -114,7 +118,7 @@ class FaultPlan:
     def on_rest(self, path: str) -> Fault | None:
         if not self.faults:
             return None
-        return self._take(("rest_error",), None, path)
+        return self._take(REST_FAULTS, None, path)
 
     def on_snapshot(self, symbol: str) -> tuple[Fault | None, Fault | None]:
         """(stale fault, slow fault) for this depth request."""

@@ -79,9 +79,17 @@ def now_ms() -> int:
 class ApiError(Exception):
     """A Binance-style error answer ``{"code", "msg"}``."""
 
-    def __init__(self, status: int, code: int, msg: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: int,
+        msg: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,  # sent instead of {"code","msg"} (a garbage-reply fault)
+    ):
         super().__init__(msg)
         self.status, self.code, self.msg, self.headers = status, code, msg, headers or {}
+        self.body = body
 
 
 class Connection:
@@ -98,6 +106,7 @@ class Connection:
         self.last_pong = self.opened
         self.ping_payload = b""
         self.rate = MessageRate()
+        self.serial = 0  # 1, 2, ... in order of opening, so tests can count connections
 
     def push(self, frame: bytes) -> None:
         if self.silent or self.ws.closed:
@@ -144,6 +153,9 @@ class Simulator:
         self.depth_1s: dict[str, list[Any]] = {}  # symbol -> [first, last, levels] for @depth
         self.frozen: dict[str | None, FrozenBook | None] = {}  # stale snapshots by symbol
         self.ticks = 0
+        self.opened_connections = 0
+        # Recent REST requests (time, path, query, status), so tests can see what a client sent.
+        self.rest_log: deque[dict[str, Any]] = deque(maxlen=1000)
         self.assets_doc: tuple[int, bytes] | None = None
         self.settings_doc: tuple[int, bytes] = (
             200,
@@ -320,6 +332,8 @@ class Simulator:
         session = ControlSession(dict.fromkeys(names), combined, self.config.max_streams)
         conn = Connection(ws, request.remote or "?", session)
         conn.rate.limit = self.config.max_messages_per_second
+        self.opened_connections += 1
+        conn.serial = self.opened_connections
         self.connections.add(conn)
         self.subscribe(conn, names)
         tasks = [asyncio.create_task(conn.writer()), asyncio.create_task(self._keepalive(conn))]
@@ -743,10 +757,14 @@ class Simulator:
         self.settings_doc = (_status_param(request), await request.read())
         return _json({"settings": "stored"})
 
+    async def admin_requests(self, request: web.Request) -> web.Response:
+        return _json(list(self.rest_log))
+
     async def admin_connections(self, request: web.Request) -> web.Response:
         return _json(
             [
                 {
+                    "id": c.serial,
                     "peer": c.peer,
                     "streams": list(c.session.subscriptions),
                     "combined": c.session.combined,
@@ -792,6 +810,7 @@ class Simulator:
                 web.delete("/admin/assets", self.admin_reset_assets),
                 web.put("/admin/settings", self.admin_put_settings),
                 get("/admin/connections", self.admin_connections),
+                get("/admin/requests", self.admin_requests),
                 get("/healthz", self.healthz),
             ]
         )
@@ -820,12 +839,23 @@ class Simulator:
         except ApiError as exc:
             response = web.Response(
                 status=exc.status,
-                body=orjson.dumps({"code": exc.code, "msg": exc.msg}),
+                body=orjson.dumps({"code": exc.code, "msg": exc.msg})
+                if exc.body is None
+                else exc.body,
                 content_type="application/json",
                 headers=exc.headers,
             )
             if not request.path.startswith("/admin/"):
                 log.info("rest_error", path=request.path, status=exc.status, code=exc.code)
+        if request.path.startswith("/api/"):
+            self.rest_log.append(
+                {
+                    "time": time.time(),
+                    "path": request.path,
+                    "query": request.query_string,
+                    "status": response.status,
+                }
+            )
         used = request.get("used_weight")
         if used is not None and not response.prepared:
             response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
@@ -834,6 +864,9 @@ class Simulator:
 
 
 def _fault_error(fault: Fault) -> ApiError:
+    if fault.type == "rest_malformed":
+        body = b'{"lastUpdateId":' if fault.kind == "not_json" else b'{"lastUpdateId":"x"}'
+        return ApiError(200, 0, "malformed reply (injected)", body=body)
     headers = {"Retry-After": str(fault.retry_after)}
     if fault.status == 429:
         return ApiError(429, -1003, "Too many requests (injected fault).", headers)
