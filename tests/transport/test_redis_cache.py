@@ -104,10 +104,10 @@ async def test_data_lost_without_an_error_is_refilled(fresh_redis: RedisServer) 
     cache.hset(MARKETS_HASH, "ETHUSDT", b"tick")
     raw = aioredis.from_url(fresh_redis.url)
     try:
-        await _eventually(lambda: raw.get("marketpipe:orderbook:ETHUSDT"))
+        await _eventually(lambda: raw.exists("marketpipe:writers:t3"))  # settled
         await raw.flushall()  # as a restart between two flushes would leave it
         cache.push_recent(trades_key("ETHUSDT"), b"t1")  # the next write notices and refills
-        await _eventually(lambda: raw.get("marketpipe:orderbook:ETHUSDT"))
+        await _eventually(lambda: raw.exists("marketpipe:writers:t3"))
         assert await raw.hgetall("marketpipe:markets") == {b"ETHUSDT": b"tick"}
         assert await raw.lrange("marketpipe:trades:ETHUSDT", 0, -1) == [b"t1"]
     finally:
