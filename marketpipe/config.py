@@ -78,7 +78,6 @@ class Settings(BaseModel):
     leader_ttl_seconds: int = Field(default=5, ge=1)
 
     # Gateway.
-    gateway_host: str = "0.0.0.0"
     gateway_max_connections: int = Field(default=10000, ge=1)
     gateway_max_topics: int = Field(default=100, ge=1)
     gateway_max_message_bytes: int = Field(default=4096, ge=64)
@@ -91,6 +90,7 @@ class Settings(BaseModel):
     gateway_compression: bool = False
 
     # Operations.
+    http_host: str = "0.0.0.0"  # where --port listens (probes, metrics, the gateway's WebSocket)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 

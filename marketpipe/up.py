@@ -152,7 +152,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             supervisor.add(
                 _child(service, [*python, service, "--port", str(port)], port, env, logdir)
             )
-        gateway_env = env | {"MARKETPIPE_GATEWAY_HOST": args.host}
+        gateway_env = env | {"MARKETPIPE_HTTP_HOST": args.host}
         supervisor.add(
             _child(
                 "gateway",

@@ -171,7 +171,7 @@ async def _serve(
     def ready() -> bool:
         return ctx.nats.connected and service.ready()
 
-    probes = ProbeServer(port, ready, app=ctx.app)
+    probes = ProbeServer(port, ready, host=settings.http_host, app=ctx.app)
     await probes.start()
     log.info("service starting", service=name, port=probes.port)
     startup = asyncio.create_task(_start(ctx, service), name=f"{name}-startup")
