@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from marketpipe.infra.local import NatsCluster, Process, RedisServer
+from marketpipe.infra.services import service_env, service_port, start_service
 from marketpipe.infra.simulator import SimulatorProcess
-from tests.services.feed_harness import service_env, start_service
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,7 +27,7 @@ PRODUCERS = ("orderbook", "trades", "tickers", "markets")
 def pipeline(
     exchange_sim: SimulatorProcess, nats_cluster: NatsCluster, redis_server: RedisServer
 ) -> Iterator[Process]:
-    """The whole pipeline; yields the gateway process (``.port``)."""
+    """The whole pipeline; yields the gateway process."""
     logdir = Path(tempfile.mkdtemp(prefix="mp-pipeline-"))
     env = service_env(exchange_sim, nats_cluster, redis_server)
     started: list[Process] = []
@@ -56,7 +56,7 @@ async def collect(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> list[d
 
 
 async def test_clients_get_every_channel_from_the_real_pipeline(pipeline: Process) -> None:
-    url = f"http://127.0.0.1:{pipeline.port}/ws"  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{service_port(pipeline)}/ws"
     async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
         topics = "all@BTCUSDT,markets@SNAPSHOT,markets@DATA"
         await ws.send_str(orjson.dumps({"action": "subscribe", "topics": topics, "id": 1}).decode())
