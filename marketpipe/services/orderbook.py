@@ -55,6 +55,7 @@ from marketpipe.services.book_status import LIVE, StatusBoard, status_subject
 from marketpipe.services.feed import PairFeed, make_rest
 from marketpipe.services.publish_throttle import PublishThrottle
 from marketpipe.services.runtime import ServiceContext, run_service
+from marketpipe.services.sync_admission import SyncAdmission
 from marketpipe.sources.assets import Universe
 from marketpipe.sources.settings import SettingsSource, SettingsTable
 from marketpipe.transport.nats import PayloadTooLargeError
@@ -67,6 +68,10 @@ STREAM_KIND = "depth@100ms"
 SNAPSHOT_BUDGET_SHARE = 0.8
 AUDIT_LIMIT = 100  # weight 5: an audit costs next to nothing
 STATUS_REPUBLISH_SECONDS = 10.0
+# New books that may wait for a snapshot at once (see sync_admission.py): enough to keep the
+# snapshot queue busy, few enough that their buffers stay small.
+ADMISSION_WINDOW = 32
+ADMISSION_TICK_SECONDS = 0.25
 
 
 def _decode(raw: bytes) -> MarketEvent:
@@ -102,6 +107,7 @@ class OrderbookService:
         self.throttle = PublishThrottle(settings.publish_interval_ms / 1000)
         self.status = StatusBoard()
         self.audits = AuditBook()
+        self.admission = SyncAdmission(ADMISSION_WINDOW)
         self._seq: dict[str, int] = {}
         self._asked_limit: dict[str, int] = {}
         self._ever_live: set[str] = set()
@@ -119,6 +125,7 @@ class OrderbookService:
             asyncio.create_task(self.book_settings.run(), name="orderbook-settings"),
             asyncio.create_task(self._publish_forever(), name="orderbook-publish"),
             asyncio.create_task(self._republish_status_forever(), name="orderbook-status"),
+            asyncio.create_task(self._admit_forever(), name="orderbook-admission"),
         ]
         if self.settings.audit_interval_seconds > 0:
             self._tasks.append(asyncio.create_task(self._audit_forever(), name="orderbook-audit"))
@@ -162,12 +169,15 @@ class OrderbookService:
             if symbol not in self.books:
                 self.books[symbol] = BookSync(symbol, self.settings.diff_buffer_size)
                 self._set_status(symbol, "syncing", None, now_ms)
+            self.admission.add(symbol, symbol in self.priority)
         BOOKS_TRACKED.set(len(self.books))
         self.feed.set_pairs(universe.symbols)
+        self._admit_more()
         log.info("universe", pairs=len(wanted), priority=len(self.priority))
 
     def _drop(self, symbol: str) -> None:
         del self.books[symbol]
+        self.admission.remove(symbol)
         self.snapshots.cancel(symbol)
         self.throttle.forget(symbol)
         self.audits.cancel(symbol)
@@ -191,10 +201,11 @@ class OrderbookService:
         if not isinstance(event, DepthUpdate):
             BAD_INPUT.labels(source="exchange_ws", kind="unexpected_event").inc()
             return
-        sync = self.books.get(event.symbol)
-        if sync is None:
-            return  # a pair just removed from the universe, or a stream we never asked for
-        self._act(event.symbol, sync, sync.on_diff(event))
+        symbol = event.symbol
+        if symbol not in self.admission.admitted:
+            return  # not building this book yet, or a pair just removed from the universe
+        sync = self.books[symbol]
+        self._act(symbol, sync, sync.on_diff(event))
 
     def _on_pairs_down(self, symbols: set[str]) -> None:
         for symbol in symbols:
@@ -215,6 +226,15 @@ class OrderbookService:
         sync = self.books.get(symbol)
         if sync is not None:
             self._act(symbol, sync, sync.on_snapshot(snapshot, limit))
+        self._admit_more()
+
+    def _admit_more(self) -> None:
+        self.admission.admit(time.monotonic(), self.planner.pending)
+
+    async def _admit_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ADMISSION_TICK_SECONDS)
+            self._admit_more()
 
     def _on_snapshot_failed(self, symbol: str, error: Exception) -> None:
         if symbol in self.books:  # the book still waits for it: ask again, paced by the planner
@@ -228,6 +248,7 @@ class OrderbookService:
                 if self.audits.waiting(symbol):
                     self._audit_advanced(symbol, sync)
             elif isinstance(action, FetchSnapshot):
+                self.admission.requested(symbol)
                 self._request_snapshot(symbol, resync=symbol in self._ever_live)
             elif isinstance(action, Resync):
                 counter = self._resync_counters.get(action.reason)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from marketpipe.services.book_audit import AuditBook, AuditSnapshot, Verdict, compare
 from marketpipe.services.book_status import StatusBoard, status_subject
 from marketpipe.services.publish_throttle import PublishThrottle
+from marketpipe.services.sync_admission import SyncAdmission
 
 INTERVAL = 0.1
 
@@ -155,3 +156,42 @@ def test_audit_waits_for_the_exact_update_id() -> None:
     audits.offer("X", SNAP, 7)
     audits.cancel("X")
     assert audits.advanced("X", 10) == (Verdict.WAIT, None)
+
+
+def test_admission_priority_first_within_the_window() -> None:
+    gate = SyncAdmission(window=2, grace_seconds=5)
+    for symbol in ("A", "B", "C"):
+        gate.add(symbol, priority=False)
+    gate.add("P", priority=True)
+    assert gate.admit(0.0, queued=0) == ["P", "A"]
+    assert gate.admit(0.1, queued=0) == []  # P and A have not asked for snapshots yet
+    gate.requested("P")
+    assert gate.admit(0.2, queued=1) == []  # P's snapshot is queued: still two waiting
+    assert gate.admit(0.3, queued=0) == ["B"]  # P's snapshot is being fetched
+    assert gate.admitted == {"P", "A", "B"} and gate.waiting == 1
+
+
+def test_admission_quiet_pairs_stop_counting_and_removal() -> None:
+    gate = SyncAdmission(window=1, grace_seconds=5)
+    gate.add("A", priority=False)
+    gate.add("B", priority=False)
+    assert gate.admit(0.0, queued=0) == ["A"]
+    assert gate.admit(4.9, queued=0) == []
+    assert gate.admit(5.0, queued=0) == ["B"]  # A stayed silent: it no longer blocks B
+    gate.remove("A")
+    gate.add("C", priority=False)
+    gate.remove("C")
+    assert gate.admit(20.0, queued=0) == [] and gate.admitted == {"B"}
+
+
+def test_admission_promotion_to_priority() -> None:
+    gate = SyncAdmission(window=1)
+    gate.add("A", priority=False)
+    gate.add("B", priority=False)
+    gate.add("B", priority=True)
+    gate.add("B", priority=False)  # no demotion
+    assert gate.admit(0.0, queued=0) == ["B"]
+    gate.add("B", priority=True)  # already admitted: nothing changes
+    gate.requested("B")
+    assert gate.admit(0.1, queued=0) == ["A"]
+    assert gate.admit(0.2, queued=0) == []
