@@ -1,0 +1,412 @@
+"""The simulator over real sockets: conformance, streams, limits, errors and every fault type."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from itertools import pairwise
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from marketpipe.infra.simulator import SimulatorProcess
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def strict_sim() -> Iterator[SimulatorProcess]:
+    """Small limits so tests reach them quickly."""
+    sim = SimulatorProcess(
+        symbols=3,
+        extra_args=[
+            "--levels",
+            "200",
+            "--weight-limit",
+            "30",
+            "--ban-seconds",
+            "30",
+            "--ping-seconds",
+            "0.5",
+            "--pong-timeout",
+            "1.5",
+        ],
+    ).start()
+    yield sim
+    sim.stop()
+
+
+async def frames(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> list[Any]:
+    """Decoded text frames received within ``seconds`` (raw text kept when it is not JSON)."""
+    out: list[Any] = []
+    # One overall deadline: receive(timeout=...) restarts its clock on every ping it answers.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    out.append(orjson.loads(msg.data))
+                except orjson.JSONDecodeError:
+                    out.append(msg.data)
+    return out
+
+
+async def diffs(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> list[dict[str, Any]]:
+    return [
+        f for f in await frames(ws, seconds) if isinstance(f, dict) and f.get("e") == "depthUpdate"
+    ]
+
+
+def apply(book: dict[str, dict[str, str]], event: dict[str, Any]) -> None:
+    for side, key in (("bids", "b"), ("asks", "a")):
+        for price, qty in event[key]:
+            if float(qty) == 0:
+                book[side].pop(price, None)
+            else:
+                book[side][price] = qty
+
+
+async def test_snapshot_plus_diffs_reproduces_the_true_book(exchange_sim, http) -> None:
+    """binance-spot §3.1, written out: buffer, snapshot, drop stale, apply, compare."""
+    async with http.ws_connect(f"{exchange_sim.ws_url}/ws/btcusdt@depth@100ms") as ws:
+        buffered = await diffs(ws, 0.5)
+        assert buffered, "diffs flow at 10/s"
+        first_u = buffered[0]["U"]
+        async with http.get(
+            f"{exchange_sim.rest_url}/api/v3/depth", params={"symbol": "BTCUSDT", "limit": "5000"}
+        ) as resp:
+            snapshot = await resp.json()
+        assert snapshot["lastUpdateId"] >= first_u
+        local = {
+            "bids": dict(map(tuple, snapshot["bids"])),
+            "asks": dict(map(tuple, snapshot["asks"])),
+        }
+        local_id = snapshot["lastUpdateId"]
+        buffered += await diffs(ws, 0.5)
+        await asyncio.to_thread(exchange_sim.pause)
+        true = await asyncio.to_thread(exchange_sim.book, "BTCUSDT")
+        buffered += await diffs(ws, 0.5)
+        events = [e for e in buffered if e["u"] > local_id]
+        assert events[0]["U"] <= local_id + 1 <= events[0]["u"]
+        for event in events:
+            assert event["U"] == local_id + 1 or event is events[0]
+            apply(local, event)
+            local_id = event["u"]
+        assert local_id == true["lastUpdateId"]
+        assert list(local["bids"].items()) == sorted(
+            ((p, q) for p, q in true["bids"]), key=lambda x: -float(x[0])
+        ) or sorted(local["bids"].items(), key=lambda x: -float(x[0])) == [
+            tuple(x) for x in true["bids"]
+        ]
+        assert sorted(local["asks"].items(), key=lambda x: float(x[0])) == [
+            tuple(x) for x in true["asks"]
+        ]
+
+
+async def test_manual_clock_steps_exactly(exchange_sim, http) -> None:
+    await asyncio.to_thread(exchange_sim.pause)
+    async with http.ws_connect(f"{exchange_sim.ws_url}/ws/ethusdt@depth@100ms") as ws:
+        await diffs(ws, 0.3)
+        before = (await asyncio.to_thread(exchange_sim.book, "ETHUSDT"))["lastUpdateId"]
+        await asyncio.to_thread(exchange_sim.step, 5)
+        got = await diffs(ws, 0.5)
+        after = (await asyncio.to_thread(exchange_sim.book, "ETHUSDT"))["lastUpdateId"]
+    assert 1 <= len(got) <= 5
+    assert got[0]["U"] == before + 1 and got[-1]["u"] == after
+
+
+async def test_streams_have_documented_shapes(exchange_sim, http) -> None:
+    names = [
+        "btcusdt@trade",
+        "btcusdt@aggTrade",
+        "btcusdt@ticker",
+        "btcusdt@miniTicker",
+        "btcusdt@bookTicker",
+        "!miniTicker@arr",
+        "btcusdt@depth",
+        "nosuchusdt@trade",
+        "!ticker@arr",
+    ]
+    url = f"{exchange_sim.ws_url}/stream?streams={'/'.join(names)}"
+    async with http.ws_connect(url) as ws:
+        got = await frames(ws, 2.5)
+    by_stream: dict[str, list[Any]] = {}
+    for frame in got:
+        by_stream.setdefault(frame["stream"], []).append(frame["data"])
+    assert set(by_stream) <= set(names)
+    assert "nosuchusdt@trade" not in by_stream and "!ticker@arr" not in by_stream
+    ticker = by_stream["btcusdt@ticker"][0]
+    ticker_keys = "e E s p P w x c Q b B a A o h l v q O C F L n"
+    assert set(ticker) == set(ticker_keys.split())
+    assert ticker["n"] == ticker["L"] - ticker["F"] + 1
+    mini = by_stream["btcusdt@miniTicker"][0]
+    assert set(mini) == {"e", "E", "s", "c", "o", "h", "l", "v", "q"}
+    assert isinstance(by_stream["!miniTicker@arr"][0], list)
+    trade = by_stream["btcusdt@trade"][0]
+    assert set(trade) == {"e", "E", "s", "t", "p", "q", "T", "m", "M"}
+    agg = by_stream["btcusdt@aggTrade"][0]
+    assert set(agg) == {"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}
+    book = by_stream["btcusdt@bookTicker"][0]
+    assert set(book) == {"u", "s", "b", "B", "a", "A"}
+    slow = by_stream["btcusdt@depth"]
+    assert 1 <= len(slow) <= 3 and all(b["U"] == a["u"] + 1 for a, b in pairwise(slow))
+
+
+async def test_live_control_messages(exchange_sim, http) -> None:
+    async with http.ws_connect(f"{exchange_sim.ws_url}/ws") as ws:
+
+        async def ask(request: Any) -> dict[str, Any]:
+            await ws.send_str(
+                request if isinstance(request, str) else orjson.dumps(request).decode()
+            )
+            while True:
+                frame = orjson.loads((await ws.receive(timeout=5)).data)
+                if "id" in frame:
+                    return frame
+
+        assert await ask(
+            {"method": "SUBSCRIBE", "params": ["btcusdt@trade", "ethusdt@depth"], "id": 1}
+        ) == {"result": None, "id": 1}
+        assert await ask({"method": "LIST_SUBSCRIPTIONS", "id": 3}) == {
+            "result": ["btcusdt@trade", "ethusdt@depth"],
+            "id": 3,
+        }
+        await asyncio.sleep(0.5)
+        assert await ask({"method": "UNSUBSCRIBE", "params": ["btcusdt@trade"], "id": "a7"}) == {
+            "result": None,
+            "id": "a7",
+        }
+        assert await ask({"method": "GET_PROPERTY", "params": ["combined"], "id": 2}) == {
+            "result": False,
+            "id": 2,
+        }
+        await asyncio.sleep(1.1)
+        assert await ask({"method": "SET_PROPERTY", "params": ["combined", True], "id": 5}) == {
+            "result": None,
+            "id": 5,
+        }
+        assert await ask({"method": "GET_PROPERTY", "params": ["combined"], "id": 6}) == {
+            "result": True,
+            "id": 6,
+        }
+        await asyncio.sleep(1.1)
+        assert (await ask("{nope"))["error"]["code"] == 3
+        assert (await ask({"method": "JUMP", "id": 8}))["error"]["code"] == 2
+        await asyncio.sleep(1.1)
+        assert (await ask({"method": "SET_PROPERTY", "params": ["colour", True], "id": 9}))[
+            "error"
+        ] == {"code": 0, "msg": "Unknown property"}
+        assert (await ask({"method": "SET_PROPERTY", "params": ["combined", 1], "id": 10}))[
+            "error"
+        ]["code"] == 1
+        assert (await ask({"method": "SUBSCRIBE", "params": ["btc usdt@trade"], "id": 11}))[
+            "error"
+        ]["code"] == 2
+        await asyncio.sleep(1.1)
+        too_many = [f"s{i}usdt@trade" for i in range(1024)]
+        reply = await ask({"method": "SUBSCRIBE", "params": too_many, "id": 12})
+        assert "too many streams" in reply["error"]["msg"]
+        listed = await ask({"method": "LIST_SUBSCRIPTIONS", "id": 13})
+        assert listed["result"] == ["ethusdt@depth"]
+
+
+async def test_more_than_1024_streams_in_the_url_is_refused(exchange_sim, http) -> None:
+    names = "/".join(f"s{i}usdt@trade" for i in range(1025))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await http.ws_connect(f"{exchange_sim.ws_url}/stream?streams={names}")
+    assert err.value.status == 400
+
+
+async def test_more_than_five_messages_a_second_closes_1008(exchange_sim, http) -> None:
+    async with http.ws_connect(f"{exchange_sim.ws_url}/ws") as ws:
+        for i in range(7):
+            await ws.send_str(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}).decode())
+        await frames(ws, 2)
+        assert ws.closed and ws.close_code == 1008
+
+
+async def test_weight_limit_429_then_418_with_retry_after(strict_sim, http) -> None:
+    url = f"{strict_sim.rest_url}/api/v3/depth"
+    statuses = []
+    for _ in range(8):
+        async with http.get(url, params={"symbol": "BTCUSDT"}) as resp:
+            statuses.append(resp.status)
+            if resp.status == 200:
+                assert int(resp.headers["X-MBX-USED-WEIGHT-1M"]) == 5 * len(statuses)
+            else:
+                assert int(resp.headers["Retry-After"]) >= 1
+                assert (await resp.json())["code"] == -1003
+    assert statuses[:6] == [200] * 6 and statuses[6] == 429 and statuses[7] == 418
+
+
+async def test_request_errors(exchange_sim, http) -> None:
+    base = f"{exchange_sim.rest_url}/api/v3"
+    cases = [
+        ("/depth", {"symbol": "NOPEUSDT"}, -1121),
+        ("/depth", {"symbol": "btc usdt"}, -1100),
+        ("/depth", {}, -1102),
+        ("/depth", {"symbol": "BTCUSDT", "bogus": "1"}, -1103),
+        ("/ticker/24hr", {"symbol": "BTCUSDT", "type": "HUGE"}, -1139),
+        ("/exchangeInfo", {"symbol": "NOPEUSDT"}, -1121),
+    ]
+    for path, params, code in cases:
+        async with http.get(base + path, params=params) as resp:
+            assert resp.status == 400, path
+            assert (await resp.json())["code"] == code, (path, params)
+    async with http.get(base + "/depth", params={"symbol": "BTCUSDT", "limit": "7"}) as resp:
+        depth = await resp.json()
+    assert len(depth["bids"]) == 7 and len(depth["asks"]) == 7
+    async with http.get(base + "/ticker/24hr") as resp:
+        assert len(await resp.json()) == 5
+    async with http.get(
+        base + "/ticker/24hr", params={"symbols": '["BTCUSDT","ETHUSDT"]', "type": "MINI"}
+    ) as resp:
+        tickers = await resp.json()
+    assert [t["symbol"] for t in tickers] == ["BTCUSDT", "ETHUSDT"] and "bidPrice" not in tickers[0]
+    async with http.get(base + "/trades", params={"symbol": "BTCUSDT", "limit": "3"}) as resp:
+        trades = await resp.json()
+    assert len(trades) <= 3 and [t["id"] for t in trades] == sorted(t["id"] for t in trades)
+
+
+async def drop_like(
+    sim: SimulatorProcess, http: aiohttp.ClientSession, fault: dict[str, Any]
+) -> list[dict[str, Any]]:
+    async with http.ws_connect(f"{sim.ws_url}/ws/btcusdt@depth@100ms") as ws:
+        before = await diffs(ws, 0.3)
+        await asyncio.to_thread(sim.fault, **fault)
+        return before + await diffs(ws, 1.5)
+
+
+async def test_fault_drop_leaves_a_gap(exchange_sim, http) -> None:
+    got = await drop_like(exchange_sim, http, {"type": "drop", "symbol": "BTCUSDT", "count": 1})
+    assert any(b["U"] > a["u"] + 1 for a, b in pairwise(got))
+
+
+async def test_fault_duplicate_repeats_an_event(exchange_sim, http) -> None:
+    got = await drop_like(exchange_sim, http, {"type": "duplicate", "count": 2})
+    assert any(a == b for a, b in pairwise(got))
+
+
+async def test_fault_reorder_swaps_events(exchange_sim, http) -> None:
+    got = await drop_like(exchange_sim, http, {"type": "reorder", "symbol": "BTCUSDT", "count": 1})
+    assert any(b["u"] < a["U"] for a, b in pairwise(got))
+
+
+async def test_fault_stale_and_slow_snapshot(exchange_sim, http) -> None:
+    await asyncio.to_thread(exchange_sim.fault, type="stale_snapshot", symbol="ETHUSDT", count=1)
+    async with http.ws_connect(f"{exchange_sim.ws_url}/ws/ethusdt@depth@100ms") as ws:
+        first = (await diffs(ws, 0.5))[0]
+        url = f"{exchange_sim.rest_url}/api/v3/depth?symbol=ETHUSDT"
+        async with http.get(url) as resp:
+            stale = await resp.json()
+        assert stale["lastUpdateId"] < first["U"]
+        async with http.get(url) as resp:
+            assert (await resp.json())["lastUpdateId"] >= first["U"]
+    await asyncio.to_thread(exchange_sim.fault, type="slow_snapshot", seconds=1.0, count=1)
+    started = time.monotonic()
+    async with http.get(url) as resp:
+        assert resp.status == 200
+    assert time.monotonic() - started >= 1.0
+
+
+async def test_fault_rest_errors(exchange_sim, http) -> None:
+    for status in (429, 418, 503):
+        await asyncio.to_thread(
+            exchange_sim.fault, type="rest_error", status=status, count=1, retry_after=7
+        )
+        async with http.get(f"{exchange_sim.rest_url}/api/v3/depth?symbol=BTCUSDT") as resp:
+            assert resp.status == status
+            if status != 503:
+                assert resp.headers["Retry-After"] == "7"
+    async with http.get(f"{exchange_sim.rest_url}/api/v3/depth?symbol=BTCUSDT") as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("abrupt", [False, True])
+async def test_fault_close(exchange_sim, http, abrupt: bool) -> None:
+    async with http.ws_connect(f"{exchange_sim.ws_url}/ws/btcusdt@trade") as ws:
+        await asyncio.to_thread(exchange_sim.fault, type="close", code=1011, abrupt=abrupt)
+        while (msg := await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
+            pass
+        if abrupt:
+            assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        else:
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1011
+
+
+async def test_fault_malformed_frames(exchange_sim, http) -> None:
+    async with http.ws_connect(f"{exchange_sim.ws_url}/stream?streams=btcusdt@depth@100ms") as ws:
+        for kind in ("not_json", "wrong_types", "bad_sequence"):
+            await asyncio.to_thread(
+                exchange_sim.fault, type="malformed", symbol="BTCUSDT", kind=kind
+            )
+        got = await frames(ws, 1)
+    assert '{"e":"depthUpdate","E":' in got
+    data = [f["data"] for f in got if isinstance(f, dict)]
+    assert any(d["U"] == "x" for d in data)
+    assert any(isinstance(d["u"], int) and d["u"] < d["U"] for d in data if isinstance(d["U"], int))
+
+
+async def test_fault_silent_keeps_the_connection_open(exchange_sim, http) -> None:
+    async with http.ws_connect(f"{exchange_sim.ws_url}/ws/btcusdt@depth@100ms") as ws:
+        assert await diffs(ws, 0.5)
+        await asyncio.to_thread(exchange_sim.fault, type="silent", symbol="BTCUSDT")
+        await frames(ws, 0.3)
+        assert await frames(ws, 1.5) == []
+        assert not ws.closed
+
+
+async def test_fault_server_shutdown_event(exchange_sim, http) -> None:
+    async with http.ws_connect(f"{exchange_sim.ws_url}/stream?streams=btcusdt@trade") as ws:
+        await asyncio.to_thread(exchange_sim.fault, type="server_shutdown")
+        got = await frames(ws, 1)
+    shutdown = [f["data"] for f in got if f["stream"] == "!serverShutdown"]
+    assert len(shutdown) == 1 and shutdown[0]["e"] == "serverShutdown"
+
+
+async def test_server_pings_and_closes_without_pong(strict_sim, http) -> None:
+    async with http.ws_connect(f"{strict_sim.ws_url}/ws", autoping=False) as ws:
+        msg = await ws.receive(timeout=3)
+        assert msg.type is aiohttp.WSMsgType.PING
+        await frames(ws, 3)
+        assert ws.closed
+    async with http.ws_connect(f"{strict_sim.ws_url}/ws") as ws:  # autoping answers: stays open
+        await frames(ws, 2.5)
+        assert not ws.closed
+
+
+async def test_listing_halting_and_served_documents(exchange_sim, http) -> None:
+    admin = exchange_sim.admin
+    await asyncio.to_thread(admin, "POST", "symbols", {"symbol": "NEWUSDT", "price": "2.50000000"})
+    async with http.get(f"{exchange_sim.rest_url}/api/v3/exchangeInfo?symbol=NEWUSDT") as resp:
+        assert (await resp.json())["symbols"][0]["status"] == "TRADING"
+    await asyncio.to_thread(
+        admin, "POST", "symbols/status", {"symbol": "BTCUSDT", "status": "HALT"}
+    )
+    async with http.get(f"{exchange_sim.rest_url}/api/v3/exchangeInfo?symbol=BTCUSDT") as resp:
+        assert (await resp.json())["symbols"][0]["status"] == "HALT"
+    async with http.ws_connect(f"{exchange_sim.ws_url}/ws/btcusdt@depth@100ms") as ws:
+        assert await frames(ws, 0.5) == []
+    async with http.get(exchange_sim.assets_url) as resp:
+        assets = await resp.json()
+    assert (
+        "NEW-USDT" in assets["others"] and "BTC-USDT" not in assets["priority"] + assets["others"]
+    )
+    await asyncio.to_thread(admin, "PUT", "assets", {"priority": ["ETH-USDT"], "others": []})
+    async with http.get(exchange_sim.assets_url) as resp:
+        assert await resp.json() == {"priority": ["ETH-USDT"], "others": []}
+    await asyncio.to_thread(admin, "PUT", "settings", raw=b"garbage{", status=200)
+    async with http.get(exchange_sim.settings_url) as resp:
+        assert await resp.read() == b"garbage{"
+    await asyncio.to_thread(admin, "DELETE", "symbols", symbol="NEWUSDT")
+    async with http.get(f"{exchange_sim.rest_url}/api/v3/depth?symbol=NEWUSDT") as resp:
+        assert (await resp.json())["code"] == -1121
