@@ -25,6 +25,7 @@ from pathlib import Path
 import nats
 import orjson
 
+from bench.gateway import e2e
 from marketpipe.infra.local import NatsCluster, Process, RedisServer, _http_ok, free_port
 
 TOPIC = "trades@BTCUSDT"
@@ -119,7 +120,21 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=100, help="messages/s published")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--loaders", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--e2e-pairs", type=int, default=100, help="end-to-end run: pairs")
+    parser.add_argument("--e2e-clients", type=int, default=50, help="end-to-end run: clients")
+    parser.add_argument("--e2e-seconds", type=float, default=20.0, help="end-to-end run: window")
+    parser.add_argument(
+        "--only", choices=("throughput", "e2e"), help="run one part (default: both)"
+    )
     args = parser.parse_args()
+    if args.only != "e2e":
+        throughput(args)
+    if args.only != "throughput":
+        e2e.run(args)
+    return 0
+
+
+def throughput(args: argparse.Namespace) -> None:
 
     cluster = NatsCluster(size=1).start()
     redis = RedisServer().start()
@@ -175,7 +190,6 @@ def main() -> int:
     bare_result, gateway_result = results
     ratio = gateway_result.per_second / bare_result.per_second if bare_result.per_second else 0
     print(f"gateway / bare deliveries/s: {ratio:.2f} (target >= 0.50)")
-    return 0
 
 
 if __name__ == "__main__":
