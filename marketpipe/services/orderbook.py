@@ -101,7 +101,7 @@ class OrderbookService:
             on_pairs_down=self._on_pairs_down,
             decode=_decode,
         )
-        self.book_settings = SettingsSource(settings, self._on_settings, session=None)
+        self.book_settings = SettingsSource(settings, self._on_settings)
         self.books: dict[str, BookSync] = {}
         self.priority: frozenset[str] = frozenset()
         self.throttle = PublishThrottle(settings.publish_interval_ms / 1000)
