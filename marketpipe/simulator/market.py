@@ -378,8 +378,7 @@ class SymbolMarket:
         top = (self.best_bid, self.best_ask, self.qty[self.best_bid - self.base])
         top_ask_qty = self.qty[self.best_ask - self.base]
         count = tables.changes[bits(8)]
-        for _ in range(count):
-            self._change(bits(32), changes)
+        self._changes(count, changes)
         trades: list[Trade] = []
         if bits(2) == 0:
             count += self._trade(bits(32), now_ms, trades, changes)
@@ -405,31 +404,40 @@ class SymbolMarket:
             diff = self._diff(first, self.update_id, changes)
         return Step(diff, trades, top_changed)
 
-    def _change(self, word: int, changes: dict[int, int] | None) -> None:
-        tables = self.tables
-        side = word & 1
-        distance = tables.distance[(word >> 1) & 1023]
-        action = (word >> 11) & 15
-        new = tables.lots[(word >> 15) & 1023] * self.lot
-        if action == 0 and self.best_ask - self.best_bid > 1:
-            # Improve the best price by one tick: this is what makes the mid drift.
-            t = self.best_bid + 1 if side == BID else self.best_ask - 1
-            self._set(side, t, new, changes)
-            return
-        t = self.best_bid - distance if side == BID else self.best_ask + distance
-        i = t - self.base
-        if not 0 <= i < self._window:
-            return
-        old = self.qty[i]
-        if not old or action >= 7:
-            if old:  # the common case, a new quantity on an existing level: no bookkeeping
-                self.qty[i] = new
+    def _changes(self, count: int, changes: dict[int, int] | None) -> None:
+        """``count`` random cancels, adds and amendments. The hot loop of the simulator: table
+        lookups on one random word per change, locals instead of attributes, and the common
+        case (a new quantity on an existing level) without any bookkeeping."""
+        bits = self._bits
+        distances = self.tables.distance
+        lots = self.tables.lots
+        lot = self.lot
+        q = self.qty
+        base = self.base
+        window = self._window
+        for _ in range(count):
+            word = bits(32)
+            side = word & 1
+            action = (word >> 11) & 15
+            new = lots[(word >> 15) & 1023] * lot
+            if action == 0 and self.best_ask - self.best_bid > 1:
+                # Improve the best price by one tick: this is what makes the mid drift.
+                self._set(side, self.best_ask - 1 if side else self.best_bid + 1, new, changes)
+                continue
+            distance = distances[(word >> 1) & 1023]
+            t = self.best_ask + distance if side else self.best_bid - distance
+            i = t - base
+            if not 0 <= i < window:
+                continue
+            old = q[i]
+            if old and action >= 7:
+                q[i] = new
                 if changes is not None:
                     changes[t * 2 + side] = new
-            else:
+            elif not old:
                 self._set(side, t, new, changes)
-        elif (self.bid_levels if side == BID else self.ask_levels) > 1:
-            self._set(side, t, 0, changes)
+            elif (self.ask_levels if side else self.bid_levels) > 1:
+                self._set(side, t, 0, changes)
 
     def _trim(self, changes: dict[int, int] | None) -> int:
         """Cancel the deepest levels of a side grown past its target (keeps memory bounded)."""

@@ -54,6 +54,15 @@ def stream_names(symbol: str) -> dict[str, str]:
     return {kind: f"{lower}@{kind}" for kind in FED_KINDS}
 
 
+def text_frame_header(length: int) -> bytes:
+    """RFC 6455 header of a final, unmasked text frame (what a server sends)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
 def error_reply(code: int, msg: str, request_id: Any) -> bytes:
     return orjson.dumps({"error": {"code": code, "msg": msg}, "id": request_id})
 
