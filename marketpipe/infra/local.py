@@ -6,7 +6,6 @@ already running on the standard ports: every port is asked of the kernel.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -48,9 +47,13 @@ def find_binary(name: str, *fallbacks: str) -> str:
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             if check():
                 return
+        except ServerError:
+            raise  # e.g. the process exited: waiting longer cannot help
+        except Exception:
+            pass  # not answering yet
         time.sleep(0.05)
     raise ServerError(f"{what} not healthy after {timeout}s")
 

@@ -99,6 +99,19 @@ function cell(text, cls) {
   return td;
 }
 
+// Binance sends 8 decimals; show as many as a column needs, the same number in every row.
+function aligned(values) {
+  const decimals = (v) => {
+    const dot = v.indexOf(".");
+    return dot < 0 ? 0 : v.replace(/0+$/, "").length - dot - 1;
+  };
+  const places = Math.max(0, ...values.map(decimals));
+  return values.map((v) => {
+    const [whole, fraction = ""] = v.split(".");
+    return places ? `${whole}.${fraction.padEnd(places, "0").slice(0, places)}` : whole;
+  });
+}
+
 function row(cells, onclick) {
   const tr = document.createElement("tr");
   for (const td of cells) tr.appendChild(td);
@@ -122,7 +135,7 @@ function renderMarkets() {
   body.replaceChildren(...rows.map(([s, t]) => {
     const pct = Number(t.P || 0);
     const tr = row([
-      cell(s), cell(t.c ?? ""), cell(`${pct.toFixed(2)}%`, pct >= 0 ? "up" : "down"),
+      cell(s), cell(aligned([t.c ?? ""])[0]), cell(`${pct.toFixed(2)}%`, pct >= 0 ? "up" : "down"),
       cell(Number(t.q || 0).toLocaleString(undefined, { maximumFractionDigits: 0 })),
     ], () => choose(s));
     if (s === state.chosen) tr.className = "chosen";
@@ -136,14 +149,18 @@ function renderBook() {
   const book = state.book;
   const asks = book ? book.asks.slice(0, LADDER_LEVELS).reverse() : [];
   const bids = book ? book.bids.slice(0, LADDER_LEVELS) : [];
-  $("asks").replaceChildren(...asks.map(([p, q]) => row([cell(p), cell(q)])));
-  $("bids").replaceChildren(...bids.map(([p, q]) => row([cell(p), cell(q)])));
+  const levels = [...asks, ...bids];
+  const prices = aligned(levels.map(([p]) => p)), sizes = aligned(levels.map(([, q]) => q));
+  const rows = levels.map((_, i) => row([cell(prices[i]), cell(sizes[i])]));
+  $("asks").replaceChildren(...rows.slice(0, asks.length));
+  $("bids").replaceChildren(...rows.slice(asks.length));
   $("book-meta").textContent = book ? `update ${book.lastUpdateId} · seq ${book.seq}` : "";
 }
 
 function renderTrades() {
-  $("trades").tBodies[0].replaceChildren(...state.trades.map((t) => row([
-    cell(new Date(t.T).toLocaleTimeString()), cell(t.p), cell(t.q),
+  const prices = aligned(state.trades.map((t) => t.p)), sizes = aligned(state.trades.map((t) => t.q));
+  $("trades").tBodies[0].replaceChildren(...state.trades.map((t, i) => row([
+    cell(new Date(t.T).toLocaleTimeString()), cell(prices[i]), cell(sizes[i]),
     cell(t.sd, t.sd === "BUY" ? "up" : "down"),
   ])));
 }
