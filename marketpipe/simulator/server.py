@@ -394,7 +394,9 @@ class Simulator:
             if now - conn.opened >= config.max_connection_age_seconds:
                 await conn.close(1000, "Connection max age reached")
                 return
-            if now - conn.last_pong > config.pong_timeout_seconds:
+            if conn.silent:  # a silenced connection neither pings nor expects pongs
+                conn.last_pong = now
+            elif now - conn.last_pong > config.pong_timeout_seconds:
                 await conn.close(1008, "Pong timeout")
                 return
             if now >= next_ping and not conn.silent:

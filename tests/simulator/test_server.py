@@ -38,6 +38,8 @@ def strict_sim() -> Iterator[SimulatorProcess]:
             "0.5",
             "--pong-timeout",
             "1.5",
+            "--max-age",
+            "4",
         ],
     ).start()
     yield sim
@@ -380,8 +382,11 @@ async def test_server_pings_and_closes_without_pong(strict_sim, http) -> None:
         await frames(ws, 3)
         assert ws.closed
     async with http.ws_connect(f"{strict_sim.ws_url}/ws") as ws:  # autoping answers: stays open
-        await frames(ws, 2.5)
+        await frames(ws, 2)
         assert not ws.closed
+        while (msg := await ws.receive(timeout=5)).type is not aiohttp.WSMsgType.CLOSE:
+            pass
+        assert msg.data == 1000, "closed at the maximum connection age"
 
 
 async def test_listing_halting_and_served_documents(exchange_sim, http) -> None:
