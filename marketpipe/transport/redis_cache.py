@@ -211,7 +211,8 @@ class RedisCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._healthy and self.pending_keys:
+        # even if the last attempt failed (or none was made yet): Redis may answer now
+        if self.pending_keys or self._refill_needed:
             try:
                 async with asyncio.timeout(self.close_seconds):
                     await self.flush()
