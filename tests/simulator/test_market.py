@@ -138,3 +138,13 @@ def test_fmt_round_trips(units: int) -> None:
     text = fmt(units)
     assert parse_units(text) == units
     assert len(text.split(".")[1]) == 8
+
+
+def test_two_thousand_symbols_step_and_stay_valid() -> None:
+    market = Market.create(2000, 11, levels=50)
+    assert len(market.symbols) == 2000
+    for i in range(3):
+        for sym in market.symbols.values():
+            sym.step(i)
+    for sym in list(market.symbols.values())[::97]:
+        check_book(sym)
