@@ -197,24 +197,7 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) and bool(_REQUEST_ID.match(value))
 
 
-# -- request weight ------------------------------------------------------------------------------
-
-
-def depth_weight(limit: int) -> int:
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 25
-    if limit <= 1000:
-        return 50
-    return 250
-
-
-def ticker_weight(symbol_count: int | None) -> int:
-    """``None``: every symbol."""
-    if symbol_count is None or symbol_count > 100:
-        return 80
-    return 2 if symbol_count <= 20 else 40
+# -- request weight (the weights themselves: marketpipe.exchange.weights) -------------------------
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,12 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from marketpipe.exchange.weights import (
+    EXCHANGE_INFO_WEIGHT,
+    TRADES_WEIGHT,
+    depth_weight,
+    ticker_24hr_weight,
+)
 from marketpipe.logs import get_logger
 from marketpipe.simulator.faults import Fault, FaultError, FaultPlan, parse_fault
 from marketpipe.simulator.market import (
@@ -43,10 +49,8 @@ from marketpipe.simulator.protocol import (
     MessageRate,
     WeightLimiter,
     canonical_stream,
-    depth_weight,
     stream_names,
     text_frame_header,
-    ticker_weight,
 )
 
 log = get_logger("marketpipe.simulator")
@@ -510,7 +514,7 @@ class Simulator:
         return int(raw) if raw.isdigit() else default
 
     async def exchange_info(self, request: web.Request) -> web.Response:
-        self.charge(request, 20)
+        self.charge(request, EXCHANGE_INFO_WEIGHT)
         self.check_params(
             request, {"symbol", "symbols", "permissions", "showPermissionSets", "symbolStatus"}
         )
@@ -562,7 +566,7 @@ class Simulator:
         if raw_symbols is not None:
             with contextlib.suppress(orjson.JSONDecodeError, TypeError):
                 count = len(orjson.loads(raw_symbols))
-        self.charge(request, ticker_weight(count))
+        self.charge(request, ticker_24hr_weight(count))
         self.check_params(request, {"symbol", "symbols", "type", "symbolStatus"})
         kind = request.query.get("type", "FULL")
         if kind not in ("FULL", "MINI"):
@@ -578,7 +582,7 @@ class Simulator:
         return _json([_rest_ticker(s.ticker(now), kind) for s in chosen])
 
     async def trades(self, request: web.Request) -> web.Response:
-        self.charge(request, 25)
+        self.charge(request, TRADES_WEIGHT)
         self.check_params(request, {"symbol", "limit"})
         sym = self.symbol_param(request)
         assert sym is not None

@@ -14,9 +14,7 @@ from marketpipe.simulator.protocol import (
     MessageRate,
     WeightLimiter,
     canonical_stream,
-    depth_weight,
     text_frame_header,
-    ticker_weight,
 )
 
 
@@ -68,13 +66,6 @@ def test_subscriptions_stay_a_set_within_the_limit(names: list[str]) -> None:
     result = s.receive(orjson.dumps({"method": "SUBSCRIBE", "params": names, "id": 1}))
     assert len(s.subscriptions) <= 2
     assert result.subscribe == list(s.subscriptions)
-
-
-def test_weights() -> None:
-    assert [depth_weight(n) for n in (1, 100, 101, 500, 501, 1000, 1001, 5000)] == [
-        5, 5, 25, 25, 50, 50, 250, 250,
-    ]  # fmt: skip
-    assert [ticker_weight(n) for n in (1, 20, 21, 100, 101, None)] == [2, 2, 40, 40, 80, 80]
 
 
 def test_weight_limit_then_ban() -> None:
