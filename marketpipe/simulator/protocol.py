@@ -73,6 +73,10 @@ class ControlResult:
     subscribe: list[str] = field(default_factory=list)
     unsubscribe: list[str] = field(default_factory=list)
 
+    @property
+    def failed(self) -> bool:
+        return self.reply.startswith(b'{"error"')
+
 
 @dataclass
 class ControlSession:

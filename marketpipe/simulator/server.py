@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
+from prometheus_client import generate_latest
 
 from marketpipe.exchange.weights import (
     EXCHANGE_INFO_WEIGHT,
@@ -26,6 +27,7 @@ from marketpipe.exchange.weights import (
     ticker_24hr_weight,
 )
 from marketpipe.logs import get_logger
+from marketpipe.ops.metrics import BAD_INPUT
 from marketpipe.simulator.faults import Fault, FaultError, FaultPlan, parse_fault
 from marketpipe.simulator.market import (
     ALL_STATUSES,
@@ -382,10 +384,14 @@ class Simulator:
                     conn.last_pong = time.monotonic()
             elif msg.type is WSMsgType.TEXT:
                 result = conn.session.receive(msg.data)
+                if result.failed:
+                    BAD_INPUT.labels("simulator_ws", "control").inc()
+                    log.info("bad_control_message", peer=conn.peer, reply=result.reply.decode())
                 self.subscribe(conn, result.subscribe)
                 self.unsubscribe(conn, result.unsubscribe)
-                conn.push(result.reply) if not conn.silent else None
+                conn.push(result.reply)
             elif msg.type is WSMsgType.BINARY:
+                BAD_INPUT.labels("simulator_ws", "binary").inc()
                 conn.push(b'{"id":null,"error":{"code":3,"msg":"Invalid JSON: binary frame"}}')
 
     async def _keepalive(self, conn: Connection) -> None:
@@ -838,11 +844,15 @@ class Simulator:
                 get("/admin/connections", self.admin_connections),
                 get("/admin/requests", self.admin_requests),
                 get("/healthz", self.healthz),
+                get("/metrics", self.metrics),
             ]
         )
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._stop)
         return app
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), content_type="text/plain")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"ok": True, "symbols": len(self.market.symbols), "ticks": self.ticks})
@@ -871,8 +881,9 @@ class Simulator:
                 content_type="application/json",
                 headers=exc.headers,
             )
-            if not request.path.startswith("/admin/"):
-                log.info("rest_error", path=request.path, status=exc.status, code=exc.code)
+            if exc.status == 400:
+                BAD_INPUT.labels("simulator_rest", str(exc.code)).inc()
+            log.info("rest_error", path=request.path, status=exc.status, code=exc.code, msg=exc.msg)
         if request.path.startswith("/api/"):
             self.rest_log.append(
                 {

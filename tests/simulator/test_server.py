@@ -219,6 +219,9 @@ async def test_live_control_messages(exchange_sim, http) -> None:
         assert "too many streams" in reply["error"]["msg"]
         listed = await ask({"method": "LIST_SUBSCRIPTIONS", "id": 13})
         assert listed["result"] == ["ethusdt@depth"]
+    async with http.get(f"{exchange_sim.url}/metrics") as resp:
+        metrics = await resp.text()
+    assert 'marketpipe_bad_input_total{kind="control",source="simulator_ws"} 6.0' in metrics
 
 
 async def test_more_than_1024_streams_in_the_url_is_refused(exchange_sim, http) -> None:
