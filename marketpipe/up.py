@@ -37,6 +37,8 @@ START_TIMEOUT = 60.0
 RESTART_PAUSE_MAX = 30.0
 STEADY_SECONDS = 60.0  # a child that ran this long before dying gets restarted without delay
 ALL_INTERFACES = ("0.0.0.0", "::", "")
+# A local simulator can grant 10x Binance's REST weight: every book syncs in seconds, not a minute.
+SIM_WEIGHT_LIMIT = 60_000
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +149,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     sim = None
     if not args.live:
         port = args.sim_port or free_port()
-        sim = SimulatorProcess(symbols=args.symbols, seed=args.seed, port=port, workdir=logdir)
+        sim = SimulatorProcess(
+            symbols=args.symbols,
+            seed=args.seed,
+            extra_args=["--weight-limit", str(SIM_WEIGHT_LIMIT)],
+            port=port,
+            workdir=logdir,
+        )
     supervisor = Supervisor()
     python = [sys.executable, "-m", "marketpipe"]
     config = ["--config", args.config] if args.config else []
@@ -177,6 +185,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "MARKETPIPE_BINANCE_WS_URL": sim.ws_url,
                 "MARKETPIPE_ASSETS_URL": sim.assets_url,
                 "MARKETPIPE_SETTINGS_URL": sim.settings_url,
+                "MARKETPIPE_REST_WEIGHT_LIMIT": str(SIM_WEIGHT_LIMIT),
             }
         started_elsewhere = [*nats.nodes, redis.process, sim.process if sim else None]
         supervisor.adopt(*[p for p in started_elsewhere if p is not None])

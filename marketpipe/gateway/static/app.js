@@ -154,7 +154,8 @@ function renderBook() {
   const rows = levels.map((_, i) => row([cell(prices[i]), cell(sizes[i])]));
   $("asks").replaceChildren(...rows.slice(0, asks.length));
   $("bids").replaceChildren(...rows.slice(asks.length));
-  $("book-meta").textContent = book ? `update ${book.lastUpdateId} · seq ${book.seq}` : "";
+  const waiting = state.chosen ? "waiting for a synced book…" : "";
+  $("book-meta").textContent = book ? `update ${book.lastUpdateId} · seq ${book.seq}` : waiting;
 }
 
 function renderTrades() {
