@@ -144,7 +144,11 @@ def run(args: argparse.Namespace) -> None:
         records: dict[str, list[Record]] = defaultdict(list)
         for name, proc in zip(names, receivers, strict=True):
             out, _ = proc.communicate(timeout=120)
-            records[name] = [tuple(r) for r in orjson.loads(out.strip().splitlines()[-1])]
+            result = orjson.loads(out.strip().splitlines()[-1])
+            records[name] = [tuple(r) for r in result["records"]]
+            if result["closed"]:
+                print(f"  {name}: {len(result['closed'])} connections ended early, e.g. "
+                      f"{result['closed'][0]}")  # fmt: skip
         report(records, args.e2e_clients, args.e2e_seconds, cpu)
         print(f"  logs: {logdir}")
     finally:

@@ -6,8 +6,13 @@ module moves bytes between them and the sockets:
 - ``/ws`` and ``/`` (with an Upgrade header) speak DESIGN §4; a plain GET ``/`` serves the page.
 - One NATS subscription per wanted topic, opened on the first client's interest and closed
   after the last one leaves.
-- Each client has a writer task draining its bounded send queue, so a slow socket stalls only
-  its own writer; a client whose backlog passes the bound is closed with 1013.
+- A frame for a client that keeps up is written at once: frames delivered during one turn of
+  the event loop are gathered per client and written with one ``writelines`` (one system call)
+  when the turn's fan-out is done, with no task switch per client.
+- A client whose socket does not keep up (its transport holds more than ``DIRECT_WRITE_LIMIT``
+  unsent bytes) gets its frames through its bounded, conflating send queue and its own writer
+  task, so a slow socket stalls only that writer; a client whose backlog passes the bound is
+  closed with 1013.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,8 +67,26 @@ HARD_MESSAGE_CAP = 64 * 1024
 # how long a close handshake with a stuck client may take before the socket is cut
 CLOSE_TIMEOUT = 1.0
 
+# unsent bytes a client's transport may hold before its frames wait in its send queue
+DIRECT_WRITE_LIMIT = 64 * 1024
+
 _DROPPED_CONFLATED = GATEWAY_DROPPED.labels("conflated")
 _DROPPED_SLOW = GATEWAY_DROPPED.labels("slow_client")
+
+
+_TEXT_FIN = 0x81
+_HEADER_SHORT = struct.Struct("!BB").pack
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+
+
+def text_frame_header(length: int) -> bytes:
+    """RFC 6455 header of a final, unmasked, uncompressed text frame of ``length`` bytes."""
+    if length < 126:
+        return _HEADER_SHORT(_TEXT_FIN, length)
+    if length < 65536:
+        return _HEADER_16(_TEXT_FIN, 126, length)
+    return _HEADER_64(_TEXT_FIN, 127, length)
 
 
 class ClientConnection:
@@ -75,6 +99,7 @@ class ClientConnection:
         session: ClientSession,
         backlog: int,
         on_slow: Callable[[ClientConnection], None],
+        on_pending: Callable[[ClientConnection], None],
     ) -> None:
         self.ws = ws
         self.request = request
@@ -82,9 +107,21 @@ class ClientConnection:
         self.queue = SendQueue(backlog)
         self._wake = asyncio.Event()
         self._on_slow = on_slow
+        self._on_pending = on_pending
         self.writer: asyncio.Task[None] | None = None
+        # frames to write when this turn of the loop is done (the direct path)
+        self._pending: list[bytes] = []
+        # the writer holds frames it took from the queue and has not written yet
+        self._writing = False
+        # compressed frames need aiohttp's compressor: always through the writer
+        self._direct = not ws.compress
 
     def deliver(self, topic: str | None, frame: bytes, how: Conflation = Conflation.NONE) -> None:
+        if self._pending or (not self.queue and not self._writing and self._keeping_up()):
+            if not self._pending:
+                self._on_pending(self)
+            self._pending.append(frame)
+            return
         pushed = self.queue.push(frame, topic, how)
         if pushed is Pushed.QUEUED:
             self._wake.set()
@@ -93,6 +130,27 @@ class ClientConnection:
         elif pushed is Pushed.OVERFLOW:
             self._on_slow(self)
 
+    def _keeping_up(self) -> bool:
+        transport = self.request.transport
+        return (
+            self._direct
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() <= DIRECT_WRITE_LIMIT
+        )
+
+    def flush(self) -> None:
+        """Write the frames gathered this turn, in one system call."""
+        frames, self._pending = self._pending, []
+        transport = self.request.transport
+        if self.ws.closed or transport is None or transport.is_closing():
+            return  # closing: nothing may follow the close frame; the reader cleans up
+        parts: list[bytes] = []
+        for frame in frames:
+            parts.append(text_frame_header(len(frame)))
+            parts.append(frame)
+        transport.writelines(parts)
+
     async def write_forever(self) -> None:
         ws = self.ws
         text = WSMsgType.TEXT
@@ -100,8 +158,10 @@ class ClientConnection:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                self._writing = True
                 for frame in self.queue.take_all():
                     await ws.send_frame(frame, text)
+                self._writing = False
         except (ConnectionError, RuntimeError) as exc:
             # the peer went away mid-write; the reader side notices and cleans up
             log.debug("client write failed", error=repr(exc))
@@ -142,6 +202,7 @@ class Gateway:
         self._upstream: dict[str, Any] = {}  # topic -> NATS subscription
         self._upstream_lock = asyncio.Lock()
         self._closers: set[asyncio.Task[None]] = set()
+        self._unflushed: list[ClientConnection] = []  # clients with frames gathered this turn
         self._accepting = False  # until start(): NATS must be connected first
 
     # --- routes ---
@@ -201,7 +262,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         session = ClientSession(self.limits, self.known_symbol, loop.time())
         client = ClientConnection(
-            ws, request, session, settings.gateway_max_backlog, self._cut_slow
+            ws, request, session, settings.gateway_max_backlog, self._cut_slow, self._gathering
         )
         client.writer = asyncio.create_task(client.write_forever(), name="gateway-client-writer")
         self.clients.add(client)
@@ -265,6 +326,17 @@ class Gateway:
         for topic in topics:
             self.hub.remove(client, topic)  # may already be gone: a slow client is cut first
         await self._close_unwanted(topics)
+
+    def _gathering(self, client: ClientConnection) -> None:
+        """``client`` has frames to write: flush every such client once this turn is done."""
+        if not self._unflushed:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unflushed.append(client)
+
+    def _flush(self) -> None:
+        clients, self._unflushed = self._unflushed, []
+        for client in clients:
+            client.flush()
 
     def _cut_slow(self, client: ClientConnection) -> None:
         """Called from inside a fan-out: stop feeding the client now, close it soon after."""
