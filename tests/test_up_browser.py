@@ -55,8 +55,8 @@ class Stack:
         found = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-                if int(ppid) == self.proc.pid and state != "Z":
+                state, ppid = _state_and_parent(stat)
+                if ppid == self.proc.pid and state != "Z":
                     found[int(stat.parent.name)] = (
                         (stat.parent / "cmdline").read_text().replace("\0", " ")
                     )
@@ -94,10 +94,16 @@ class Stack:
         return self.proc.wait(timeout=60)
 
 
+def _state_and_parent(stat: Path) -> tuple[str, int]:
+    """From /proc/<pid>/stat (the command in parentheses may itself hold spaces)."""
+    state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+    return state, int(ppid)
+
+
 def _alive(pid: int) -> bool:
     """Running (not merely a zombie waiting for its parent)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return _state_and_parent(Path(f"/proc/{pid}/stat"))[0] != "Z"
     except FileNotFoundError:
         return False
 
