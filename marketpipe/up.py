@@ -103,12 +103,12 @@ class Supervisor:
                 if self.stopping.wait(pause[child.name]):
                     return
                 pause[child.name] = min(pause[child.name] * 2, RESTART_PAUSE_MAX)
+                self.started[child.name] = time.monotonic()  # failed attempts count: back off
                 try:
                     child.start(timeout=START_TIMEOUT)
                 except ServerError as exc:
                     log.error("restart failed", child=child.name, error=str(exc))
                 else:
-                    self.adopt(child)
                     log.info("child restarted", child=child.name)
 
     def stop(self) -> None:
