@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 SCALE = 100_000_000  # 1e8: the unit of every price and quantity
 DAY_MS = 86_400_000
 DIFF_DEPTH_LIMIT = 5000  # diff events report changes only within the top 5000 levels a side
-TRADE_HISTORY = 10_000  # trades kept per symbol for REST /trades and /admin/trades
+TRADE_HISTORY = 1000  # trades kept per symbol (REST /trades serves at most 1000)
 ALL_STATUSES = ("TRADING", "HALT", "BREAK")
 
 BID = 0
@@ -157,6 +157,45 @@ class Trade:
     buyer_maker: bool
 
 
+class TradeLog:
+    """The last ``capacity`` trades of a symbol in flat arrays (~25 bytes a trade: thousands of
+    symbols trading for hours must not grow the process); ids are consecutive, so not stored."""
+
+    def __init__(self, capacity: int = TRADE_HISTORY) -> None:
+        self.capacity = capacity
+        self.price = array("q", bytes(8 * capacity))
+        self.qty = array("q", bytes(8 * capacity))
+        self.time = array("q", bytes(8 * capacity))
+        self.buyer_maker = bytearray(capacity)
+        self.count = 0  # trades ever appended
+        self.last_id = 0
+
+    def append(self, trade: Trade) -> None:
+        i = self.count % self.capacity
+        self.price[i], self.qty[i], self.time[i] = trade.price, trade.qty, trade.time
+        self.buyer_maker[i] = trade.buyer_maker
+        self.count += 1
+        self.last_id = trade.id
+
+    def __len__(self) -> int:
+        return min(self.count, self.capacity)
+
+    def last(self, n: int) -> list[Trade]:
+        """The last ``n`` trades, oldest first."""
+        n = min(n, len(self))
+        out = []
+        for k in range(self.count - n, self.count):
+            i = k % self.capacity
+            trade_id = self.last_id - (self.count - 1 - k)
+            out.append(
+                Trade(trade_id, self.price[i], self.qty[i], self.time[i], bool(self.buyer_maker[i]))
+            )
+        return out
+
+    def __iter__(self) -> Iterator[Trade]:
+        return iter(self.last(len(self)))
+
+
 @dataclass
 class Diff:
     """Changes ``first_id..last_id``: ``levels`` maps ``tick << 1 | side`` to the final
@@ -249,7 +288,7 @@ class SymbolMarket:
         self.ask_levels = 0
         self.lot = max(1, min(100_000, _notional(spec.quote) * SCALE // spec.price // spec.step))
         self._seed_book(span)
-        self.trades: deque[Trade] = deque(maxlen=TRADE_HISTORY)
+        self.trades = TradeLog()
         first_id = 100_000 + bits(20)
         count = 50_000 + bits(16)
         price = spec.price

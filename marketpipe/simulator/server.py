@@ -593,7 +593,7 @@ class Simulator:
         sym = self.symbol_param(request)
         assert sym is not None
         limit = min(1000, self.int_param(request, "limit", 500))
-        recent = list(sym.trades)[-limit:]
+        recent = sym.trades.last(limit)
         return _json([rest_trade(t) for t in recent])
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -628,7 +628,7 @@ class Simulator:
     async def admin_trades(self, request: web.Request) -> web.Response:
         sym = self._admin_symbol(request)
         limit = self.int_param(request, "limit", len(sym.trades) or 1)
-        recent = list(sym.trades)[-limit:]
+        recent = sym.trades.last(limit)
         return _json([trade_event(sym.symbol, t, t.time) for t in recent])
 
     async def admin_ticker(self, request: web.Request) -> web.Response:

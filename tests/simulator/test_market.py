@@ -9,6 +9,8 @@ from marketpipe.simulator.market import (
     DIFF_DEPTH_LIMIT,
     Market,
     SymbolMarket,
+    Trade,
+    TradeLog,
     fmt,
     make_specs,
     parse_units,
@@ -148,3 +150,13 @@ def test_two_thousand_symbols_step_and_stay_valid() -> None:
             sym.step(i)
     for sym in list(market.symbols.values())[::97]:
         check_book(sym)
+
+
+@given(st.integers(min_value=0, max_value=50), st.integers(min_value=1, max_value=60))
+def test_trade_log_keeps_the_last_trades_in_order(count: int, ask: int) -> None:
+    log = TradeLog(capacity=16)
+    made = [Trade(100 + i, 5 * i, 7 * i, 1000 + i, i % 2 == 0) for i in range(count)]
+    for trade in made:
+        log.append(trade)
+    assert len(log) == min(count, 16)
+    assert log.last(ask) == made[-min(ask, 16, count) :] if count else log.last(ask) == []
