@@ -52,9 +52,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     chosen = next((a for a in argv if a in COMMANDS), None)
     for name, (_module, help_text, port) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument(
-            "--port", type=int, default=port, help=f"HTTP port for probes/metrics (default {port})"
-        )
+        what = {
+            "up": "the gateway's port: web page and WebSocket",
+            "gateway": "WebSocket, web page, probes and metrics",
+            "exchange-sim": "REST, WebSocket streams and admin API",
+        }.get(name, "probes and metrics")
+        p.add_argument("--port", type=int, default=port, help=f"HTTP port: {what} (default {port})")
         p.add_argument("--config", metavar="FILE", help="YAML or TOML settings file")
         if name == chosen:
             _load(name).configure_parser(p)
