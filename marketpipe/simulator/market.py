@@ -163,17 +163,23 @@ class TradeLog:
 
     def __init__(self, capacity: int = TRADE_HISTORY) -> None:
         self.capacity = capacity
-        self.price = array("q", bytes(8 * capacity))
-        self.qty = array("q", bytes(8 * capacity))
-        self.time = array("q", bytes(8 * capacity))
-        self.buyer_maker = bytearray(capacity)
+        self.price = array("q")
+        self.qty = array("q")
+        self.time = array("q")
+        self.buyer_maker = bytearray()
         self.count = 0  # trades ever appended
         self.last_id = 0
 
     def append(self, trade: Trade) -> None:
-        i = self.count % self.capacity
-        self.price[i], self.qty[i], self.time[i] = trade.price, trade.qty, trade.time
-        self.buyer_maker[i] = trade.buyer_maker
+        if self.count < self.capacity:  # grow until full, then overwrite the oldest
+            self.price.append(trade.price)
+            self.qty.append(trade.qty)
+            self.time.append(trade.time)
+            self.buyer_maker.append(trade.buyer_maker)
+        else:
+            i = self.count % self.capacity
+            self.price[i], self.qty[i], self.time[i] = trade.price, trade.qty, trade.time
+            self.buyer_maker[i] = trade.buyer_maker
         self.count += 1
         self.last_id = trade.id
 
