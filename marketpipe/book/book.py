@@ -24,9 +24,13 @@ restricted to ``[floor, best]`` on each side, and memory is bounded.
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import Annotated
+
+import msgspec
 
 INF = float("inf")
 MAX_EXACT_DIGITS = 15
@@ -57,9 +61,52 @@ def price_of(fragment: bytes) -> str:
     return fragment[2 : fragment.index(b'"', 2)].decode()
 
 
-def _too_precise(price: str) -> bool:
-    digits = Decimal(price).normalize().as_tuple().digits
-    return len(digits) > MAX_EXACT_DIGITS
+def _check_precision(price: str, quantity: str) -> None:
+    """A price too precise to keep its own float key (callers skip prices of <= 16 chars)."""
+    if len(Decimal(price).normalize().as_tuple().digits) > MAX_EXACT_DIGITS:
+        raise BadLevel("precision", (price, quantity))
+
+
+_MAX = sys.float_info.max
+_Price = Annotated[float, msgspec.Meta(gt=0.0, le=_MAX)]
+_Quantity = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX)]
+Numbers = list[tuple[float, float]]
+
+
+class _Sides(msgspec.Struct, array_like=True, gc=False):
+    # A Struct keeps its converted types cached (a bare list[...] type is rebuilt on every call).
+    bids: list[tuple[_Price, _Quantity]]
+    asks: list[tuple[_Price, _Quantity]]
+
+
+def checked_numbers(
+    bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]
+) -> tuple[Numbers, Numbers]:
+    """``(price, quantity)`` of each level as floats; raises BadLevel for an impossible one.
+
+    One C-level pass for the whole diff: msgspec's lax str -> float is correctly rounded (Clinger
+    fast path, Eisel-Lemire, then a high-precision fallback), so it yields exactly ``float(s)``;
+    its grammar is JSON's, a subset of what ``float()`` takes; the constraints check the ranges
+    (price positive and finite, quantity finite and >= 0).
+    """
+    try:
+        sides = msgspec.convert((bids, asks), _Sides, strict=False)
+    except msgspec.ValidationError:
+        # Rare: find the bad level and say what is wrong with it, or accept a spelling that
+        # float() takes and JSON does not (" 1", "1.", "+1").
+        return [_checked(*level) for level in bids], [_checked(*level) for level in asks]
+    return sides.bids, sides.asks
+
+
+def _checked(price: str, quantity: str) -> tuple[float, float]:
+    try:
+        key = float(price)
+        size = float(quantity)
+    except ValueError:
+        raise BadLevel("number", (price, quantity)) from None
+    if not (0.0 < key < INF and 0.0 <= size < INF):
+        raise BadLevel("price" if not 0.0 < key < INF else "quantity", (price, quantity))
+    return key, size
 
 
 class BookSide:
@@ -77,14 +124,17 @@ class BookSide:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def load(self, levels: Iterable[Sequence[str]], limit: int | None) -> None:
+    def load(self, levels: Sequence[Sequence[str]], numbers: Numbers, limit: int | None) -> None:
+        """Replace the side by a snapshot's levels (``numbers``: from :func:`checked_numbers`)."""
         merged: dict[float, bytes] = {}
-        for price, quantity in levels:
-            key, removes = self._checked(price, quantity)
-            if removes:
-                merged.pop(key, None)
+        sign = -1.0 if self.is_ask else 1.0
+        for (price, quantity), (key, size) in zip(levels, numbers, strict=True):
+            if len(price) > _SHORT_PRICE:
+                _check_precision(price, quantity)
+            if size:
+                merged[key * sign] = encode_level(price, quantity)
             else:
-                merged[key] = encode_level(price, quantity)
+                merged.pop(key * sign, None)
         self.keys = sorted(merged)
         self.fragments = [merged[k] for k in self.keys]
         received = len(merged)
@@ -92,19 +142,13 @@ class BookSide:
         self.floor = self.keys[0] if truncated else -INF
         self.cap = limit if limit is not None else max(received, 1)
 
-    def apply(self, levels: Iterable[Sequence[str]]) -> None:
-        # The hot path: _checked and encode_level are inlined (a call per level costs ~15%).
+    def apply(self, levels: Sequence[Sequence[str]], numbers: Numbers) -> None:
+        """Set the levels of a diff (``numbers``: from :func:`checked_numbers`)."""
+        # The hot path: the numbers were checked in C; the loop does the fewest operations.
         keys, fragments, floor, is_ask = self.keys, self.fragments, self.floor, self.is_ask
-        for price, quantity in levels:
-            try:
-                key = float(price)
-                size = float(quantity)
-            except ValueError:
-                raise BadLevel("number", (price, quantity)) from None
-            if not (0.0 < key < INF and 0.0 <= size < INF):
-                raise BadLevel("price" if not 0.0 < key < INF else "quantity", (price, quantity))
-            if len(price) > _SHORT_PRICE and _too_precise(price):
-                raise BadLevel("precision", (price, quantity))
+        for (price, quantity), (key, size) in zip(levels, numbers, strict=True):
+            if len(price) > _SHORT_PRICE:
+                _check_precision(price, quantity)
             if is_ask:
                 key = -key
             if key < floor:
@@ -121,19 +165,6 @@ class BookSide:
                 fragments.insert(at, f'["{price}","{quantity}"]'.encode())
         if len(keys) > self.cap + (self.cap >> 2):
             self._prune()
-
-    def _checked(self, price: str, quantity: str) -> tuple[float, bool]:
-        """The level's key and whether it removes the level; raises BadLevel."""
-        try:
-            key = float(price)
-            size = float(quantity)
-        except ValueError:
-            raise BadLevel("number", (price, quantity)) from None
-        if not (0.0 < key < INF and 0.0 <= size < INF):
-            raise BadLevel("price" if not 0.0 < key < INF else "quantity", (price, quantity))
-        if len(price) > _SHORT_PRICE and _too_precise(price):
-            raise BadLevel("precision", (price, quantity))
-        return (-key if self.is_ask else key), size == 0.0
 
     def _prune(self) -> None:
         excess = len(self.keys) - self.cap
@@ -167,18 +198,20 @@ class OrderBook:
 
     def load(
         self,
-        bids: Iterable[Sequence[str]],
-        asks: Iterable[Sequence[str]],
+        bids: Sequence[Sequence[str]],
+        asks: Sequence[Sequence[str]],
         limit: int | None,
     ) -> None:
         """Replace the whole book by a snapshot that was asked for ``limit`` levels a side."""
-        self.bids.load(bids, limit)
-        self.asks.load(asks, limit)
+        bid_numbers, ask_numbers = checked_numbers(bids, asks)
+        self.bids.load(bids, bid_numbers, limit)
+        self.asks.load(asks, ask_numbers, limit)
 
-    def apply(self, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]]) -> None:
+    def apply(self, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> None:
         """Set (not add) each level's quantity; a zero quantity removes the level."""
-        self.bids.apply(bids)
-        self.asks.apply(asks)
+        bid_numbers, ask_numbers = checked_numbers(bids, asks)
+        self.bids.apply(bids, bid_numbers)
+        self.asks.apply(asks, ask_numbers)
 
     def clear(self) -> None:
         self.bids = BookSide(is_ask=False)

@@ -117,9 +117,10 @@ class BookSync:
         if update.final_update_id < update.first_update_id:
             detail = f"u {update.final_update_id} < U {update.first_update_id}"
             return (Rejected("update_ids", detail), *self._reset("bad_update", detail))
-        self._buffer.append(update)
         if self.state is BookState.LIVE:
-            return self._drain() or ()
+            # Live, the buffer is always empty (every call drains it): apply straight away.
+            return self._apply(update) or ()
+        self._buffer.append(update)
         if len(self._buffer) > self.buffer_size:
             self._buffer.clear()
             self._buffer.append(update)
@@ -156,28 +157,35 @@ class BookSync:
 
     def _drain(self) -> tuple[Action, ...] | None:
         """Apply buffered diffs to the live book (None: nothing applied)."""
-        buffer, book = self._buffer, self.book
+        buffer = self._buffer
         applied: tuple[Action, ...] | None = None
         while buffer:
-            update = buffer[0]
-            if update.final_update_id < self.last_update_id:
-                buffer.popleft()
-                continue
-            if update.first_update_id > self.last_update_id + 1:
-                detail = f"U {update.first_update_id} after local id {self.last_update_id}"
-                return self._reset("gap", detail, keep_buffer=True)
-            buffer.popleft()
-            try:
-                book.apply(update.bids, update.asks)
-            except BadLevel as exc:
-                return (Rejected(exc.kind, str(exc)), *self._reset("bad_level", str(exc)))
-            if book.is_crossed():
-                detail = f"crossed after update {update.final_update_id}"
-                return (Rejected("crossed", detail), *self._reset("crossed", detail))
-            self.last_update_id = update.final_update_id
-            self.last_event_time = update.event_time
-            applied = _CHANGED
+            actions = self._apply(buffer.popleft())
+            if actions is not _CHANGED and actions is not None:
+                return actions
+            applied = applied or actions
         return applied
+
+    def _apply(self, update: DepthUpdate) -> tuple[Action, ...] | None:
+        """The update procedure for one diff on the live book (None: stale, skipped)."""
+        last_id = self.last_update_id
+        if update.final_update_id < last_id:
+            return None
+        if update.first_update_id > last_id + 1:
+            self._buffer.appendleft(update)  # the procedure restarts from this diff
+            detail = f"U {update.first_update_id} after local id {last_id}"
+            return self._reset("gap", detail, keep_buffer=True)
+        book = self.book
+        try:
+            book.apply(update.bids, update.asks)
+        except BadLevel as exc:
+            return (Rejected(exc.kind, str(exc)), *self._reset("bad_level", str(exc)))
+        if book.is_crossed():
+            detail = f"crossed after update {update.final_update_id}"
+            return (Rejected("crossed", detail), *self._reset("crossed", detail))
+        self.last_update_id = update.final_update_id
+        self.last_event_time = update.event_time
+        return _CHANGED
 
     def _reset(self, reason: str, detail: str, keep_buffer: bool = False) -> tuple[Action, ...]:
         self.book.clear()
