@@ -132,7 +132,8 @@ class StreamHub:
                 if ws is not None and not ws.closed:
                     body = {"method": method, "params": list(streams), "id": request_id}
                     with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-                        await ws.send_bytes(orjson.dumps(body))
+                        # A JSON text frame: the exchange answers a binary one with an error.
+                        await ws.send_str(orjson.dumps(body).decode())
             case CloseLink(link_id, reason):
                 log.info("stream_link_close", link=link_id, reason=reason)
                 self._close_link(link_id)
