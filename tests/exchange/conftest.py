@@ -9,8 +9,7 @@ import pytest
 
 from marketpipe.exchange.streams import StreamHub
 from marketpipe.infra.simulator import SimulatorProcess
-
-SimFactory = Callable[..., SimulatorProcess]
+from tests.exchange.support import SimFactory
 
 
 @pytest.fixture

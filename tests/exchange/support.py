@@ -12,6 +12,8 @@ import orjson
 
 from marketpipe.infra.simulator import SimulatorProcess
 
+SimFactory = Callable[..., SimulatorProcess]  # the make_sim fixture: extra CLI options -> running
+
 
 async def wait_for(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
     deadline = time.monotonic() + within

@@ -17,8 +17,7 @@ from marketpipe.exchange.snapshots import SnapshotScheduler
 from marketpipe.exchange.weights import WeightGate
 from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.ops.metrics import BAD_INPUT, REST_WEIGHT_USED
-
-from .support import admin, rest_requests, wait_for
+from tests.exchange.support import admin, rest_requests, wait_for
 
 
 async def test_429_is_waited_out_for_retry_after_then_succeeds(

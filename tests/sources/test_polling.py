@@ -1,118 +1,141 @@
-"""Assets and settings clients polling a real HTTP server."""
+"""Assets and settings clients polling the simulator's ``/assets``, ``/settings`` and
+``exchangeInfo``, changed at runtime over its admin API (``PUT /admin/assets`` ...)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-import pytest
-from aiohttp import web
 
 from marketpipe.config import Settings
 from marketpipe.exchange.rest import ExchangeRest
+from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.ops.metrics import SETTINGS_REJECTED
 from marketpipe.sources.assets import AssetsSource, Universe
 from marketpipe.sources.settings import SettingsSource, SymbolSettings
+from tests.exchange.support import admin, wait_for
 
-
-class Api:
-    def __init__(self) -> None:
-        self.payloads: dict[str, Any] = {}
-        self.url = ""
-
-    async def serve(self, request: web.Request) -> web.Response:
-        payload = self.payloads[request.path]
-        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        return web.Response(body=body, content_type="application/json")
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    api = Api()
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", api.serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    api.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    yield api
-    await runner.cleanup()
+POLL = 0.05
 
 
 def rejected(source: str) -> float:
     return SETTINGS_REJECTED.labels(source=source)._value.get()
 
 
-async def test_assets_changes_are_picked_up_and_garbage_rejected(api: Api) -> None:
-    api.payloads["/assets"] = {"priority": ["BTC-USDT"], "others": ["ETH-USDT"]}
-    settings = Settings(assets_url=f"{api.url}/assets", assets_poll_seconds=0.05)
-    seen: list[Universe] = []
-    async with ExchangeRest(api.url) as rest:
-        source = AssetsSource(settings, rest, seen.append)
-        task = asyncio.create_task(source.run())
-        try:
-            await asyncio.sleep(0.2)
-            api.payloads["/assets"] = {"result": [{"name": "ETH-USDT"}, {"name": "SOL-USDT"}]}
-            await asyncio.sleep(0.2)
-            before = rejected("assets")
-            api.payloads["/assets"] = b"<html>oops</html>"
-            await asyncio.sleep(0.2)
-            api.payloads["/assets"] = {"priority": [17]}
-            await asyncio.sleep(0.2)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    assert seen == [
-        Universe(("BTCUSDT",), ("ETHUSDT",)),
-        Universe((), ("ETHUSDT", "SOLUSDT")),
-    ]
-    assert source.universe == seen[-1]
-    assert rejected("assets") >= before + 2
+async def serve(sim: SimulatorProcess, path: str, payload: Any, status: int = 200) -> None:
+    """Make the simulator serve ``payload`` (JSON, or raw bytes) at ``/assets`` or ``/settings``."""
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    await asyncio.to_thread(sim.admin, "PUT", path, None, body, status=status)
 
 
-async def test_without_assets_api_the_exchange_list_is_used(api: Api) -> None:
-    api.payloads["/api/v3/exchangeInfo"] = {
-        "symbols": [
-            {"symbol": s, "status": st, "baseAsset": s[:3], "quoteAsset": s[3:]}
-            for s, st in [("BTCUSDT", "TRADING"), ("ETHUSDT", "TRADING"), ("XRPUSDT", "HALT")]
-        ]
-    }
-    settings = Settings(priority_symbols=["ETHUSDT"])
-    seen: list[Universe] = []
-    async with ExchangeRest(api.url) as rest:
-        assert await AssetsSource(settings, rest, seen.append).poller.poll_once()
-    assert seen == [Universe(("ETHUSDT",), ("BTCUSDT",))]
+async def rejected_once_more(source: str, action: Awaitable[None]) -> None:
+    before = rejected(source)
+    await action
+    await wait_for(lambda: rejected(source) > before)
 
 
-async def test_settings_changes_are_picked_up_and_bad_payloads_keep_the_last_good(
-    api: Api,
-) -> None:
-    api.payloads["/settings"] = {
-        "DEFAULT": {"MaxSpreadPct": 35, "Depth": 250},
-        "BTCUSDT": {"MaxSpreadPct": 5},
-    }
-    settings = Settings(settings_url=f"{api.url}/settings", settings_poll_seconds=0.05)
-    source = SettingsSource(settings)
-    assert source.settings_for("BTCUSDT") == SymbolSettings(35.0, 250)  # configured defaults
-    task = asyncio.create_task(source.run())
+@asynccontextmanager
+async def polling(run: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+    task = asyncio.create_task(run())
     try:
-        await asyncio.sleep(0.2)
-        assert source.settings_for("BTCUSDT") == SymbolSettings(5.0, 250)
-        assert source.settings_for("ETHUSDT") == SymbolSettings(35.0, 250)
-        before = rejected("settings")
-        api.payloads["/settings"] = {"DEFAULT": {"MaxSpreadPct": 500}}
-        await asyncio.sleep(0.2)
-        assert source.settings_for("BTCUSDT") == SymbolSettings(5.0, 250)
-        assert rejected("settings") > before
-        api.payloads["/settings"] = {"DEFAULT": {"Depth": 20}}
-        await asyncio.sleep(0.2)
-        assert source.settings_for("BTCUSDT") == SymbolSettings(35.0, 20)
+        yield
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_assets_changes_are_picked_up_and_garbage_rejected(
+    exchange_sim: SimulatorProcess,
+) -> None:
+    settings = Settings(assets_url=exchange_sim.assets_url, assets_poll_seconds=POLL)
+    seen: list[Universe] = []
+
+    async def seen_count(n: int) -> None:
+        await wait_for(lambda: len(seen) == n)
+
+    async with ExchangeRest(exchange_sim.rest_url) as rest:
+        source = AssetsSource(settings, rest, seen.append)
+        async with polling(source.run):
+            await seen_count(1)  # the simulator derives its assets from its trading pairs
+            halt = {"symbol": "XRPUSDT", "status": "HALT"}
+            await admin(exchange_sim, "POST", "symbols/status", halt)
+            await seen_count(2)
+            await serve(
+                exchange_sim, "assets", {"result": [{"name": "ETH-USDT"}, {"name": "SOL-USDT"}]}
+            )
+            await seen_count(3)
+            await rejected_once_more("assets", serve(exchange_sim, "assets", b"<html>oops</html>"))
+            await rejected_once_more("assets", serve(exchange_sim, "assets", {"priority": [17]}))
+            await rejected_once_more("assets", serve(exchange_sim, "assets", {"others": []}))
+            await serve(exchange_sim, "assets", b"upstream down", status=503)
+            await asyncio.sleep(5 * POLL)  # not JSON either, but an outage: nothing changes
+            await serve(exchange_sim, "assets", {"priority": ["SOL-USDT"], "others": ["BNB-USDT"]})
+            await seen_count(4)
+    assert seen == [
+        Universe(("BTCUSDT", "ETHUSDT"), ("BNBUSDT", "SOLUSDT", "XRPUSDT")),
+        Universe(("BTCUSDT", "ETHUSDT"), ("BNBUSDT", "SOLUSDT")),
+        Universe((), ("ETHUSDT", "SOLUSDT")),
+        Universe(("SOLUSDT",), ("BNBUSDT",)),
+    ]
+    assert source.universe == seen[-1]
+
+
+async def test_without_assets_api_the_exchange_list_is_used(exchange_sim: SimulatorProcess) -> None:
+    eth_btc = {"symbol": "ETHBTC", "base": "ETH", "quote": "BTC", "price": "0.05000000"}
+    await admin(exchange_sim, "POST", "symbols", eth_btc)  # another quote asset: not ours
+    await admin(exchange_sim, "POST", "symbols/status", {"symbol": "XRPUSDT", "status": "HALT"})
+    settings = Settings(priority_symbols=["ETHUSDT"], assets_poll_seconds=POLL)
+    seen: list[Universe] = []
+    async with ExchangeRest(exchange_sim.rest_url) as rest:
+        async with polling(AssetsSource(settings, rest, seen.append).run):
+            await wait_for(lambda: len(seen) == 1)
+            await admin(exchange_sim, "POST", "symbols", {"symbol": "NEWUSDT"})  # a listing
+            await wait_for(lambda: len(seen) == 2)
+            await admin(exchange_sim, "DELETE", "symbols", symbol="BNBUSDT")  # a delisting
+            await wait_for(lambda: len(seen) == 3)
+        capped = Settings(priority_symbols=["ETHUSDT"], max_symbols=2)
+        assert await AssetsSource(capped, rest, seen.append).poller.poll_once()
+    assert seen == [
+        Universe(("ETHUSDT",), ("BNBUSDT", "BTCUSDT", "SOLUSDT")),
+        Universe(("ETHUSDT",), ("BNBUSDT", "BTCUSDT", "NEWUSDT", "SOLUSDT")),
+        Universe(("ETHUSDT",), ("BTCUSDT", "NEWUSDT", "SOLUSDT")),
+        Universe(("ETHUSDT",), ("BTCUSDT",)),
+    ]
+
+
+async def test_settings_changes_are_picked_up_and_bad_payloads_keep_the_last_good(
+    exchange_sim: SimulatorProcess,
+) -> None:
+    settings = Settings(
+        settings_url=exchange_sim.settings_url,
+        settings_poll_seconds=POLL,
+        default_max_spread_pct=20,
+        default_depth=100,
+    )
+    source = SettingsSource(settings)
+    assert source.settings_for("BTCUSDT") == SymbolSettings(20.0, 100)  # configured, until read
+    good = SymbolSettings(5.0, 250)
+    async with polling(source.run):
+        # The simulator starts with {"DEFAULT": {35, 250}, "BTCUSDT": {"MaxSpreadPct": 5}}.
+        await wait_for(lambda: source.settings_for("BTCUSDT") == good)
+        assert source.settings_for("ETHUSDT") == SymbolSettings(35.0, 250)
+        for bad in (
+            {"DEFAULT": {"MaxSpreadPct": 500}},
+            {"DEFAULT": {"Depth": "deep"}},
+            {"BTCUSDT": {"MaxSpreadPct": 5, "Colour": "red"}},
+            [1, 2],
+            b"{not json",
+        ):
+            await rejected_once_more("settings", serve(exchange_sim, "settings", bad))
+            assert source.settings_for("BTCUSDT") == good
+        await serve(exchange_sim, "settings", {"DEFAULT": {"Depth": 20}}, status=500)
+        await asyncio.sleep(5 * POLL)  # an outage, whatever the body says: nothing changes
+        assert source.settings_for("BTCUSDT") == good
+        await serve(exchange_sim, "settings", {"DEFAULT": {"Depth": 20}})
+        await wait_for(lambda: source.settings_for("BTCUSDT") == SymbolSettings(20.0, 20))
 
 
 async def test_without_settings_api_the_configured_defaults_apply() -> None:
