@@ -19,6 +19,7 @@ subscriber receipt.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,11 @@ def p50_p99_ms(values: list[float]) -> str:
 def report(
     records: dict[str, list[Record]], clients: int, seconds: float, cpu: dict[str, float]
 ) -> None:
-    print(f"\nend to end: E -> receipt, {seconds:g} s measured, {clients} gateway clients")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"\nend to end: E -> receipt, {seconds:g} s measured, {clients} gateway clients "
+        f"(machine load average {load} on {os.cpu_count()} cores)"
+    )
     for channel in CHANNELS:
         print(f"  {channel}")
         for source, per in (("gateway client", clients), ("NATS baseline", 1)):

@@ -31,6 +31,7 @@ CHANNELS = ("orderbook", "trades", "tickers")
 # the field naming a message within its symbol's stream (tickers: none better than E)
 ID_FIELD = {"orderbook": b'"seq":', "trades": b'"t":', "tickers": b'"E":'}
 TOPIC_START = len(b'{"topic":"')
+HEAD_BYTES = 256  # the topic, E and the id are in the first ~130 bytes of every message
 
 
 def field_int(data: bytes, name: bytes, start: int) -> int:
@@ -42,30 +43,42 @@ def field_int(data: bytes, name: bytes, start: int) -> int:
 
 
 class Recorder:
+    """Keeps the head of each message received in the window; parses them after it."""
+
     def __init__(self) -> None:
         self.window = (float("inf"), float("-inf"))
-        self.records: list[tuple[str, str, int, int, float]] = []
+        self.frames: list[tuple[bytes, float]] = []  # gateway frames
+        self.messages: list[tuple[str, bytes, float]] = []  # NATS: subject, data
         self.closed: list[str] = []  # how connections that ended early ended
 
-    def add(self, channel: str, symbol: str, data: bytes, start: int, now: float) -> None:
-        if not self.window[0] <= now <= self.window[1]:
-            return
-        event_ms = field_int(data, b'"E":', start)
-        self.records.append(
-            (channel, symbol, field_int(data, ID_FIELD[channel], start), event_ms, now)
-        )
-
-    def on_frame(self, data: bytes, now: float) -> None:
-        """A gateway frame: ``{"topic":"channel@SYMBOL","data":{...}}``."""
-        end = data.index(b'"', TOPIC_START)
-        channel, _, symbol = data[TOPIC_START:end].decode().partition("@")
-        if channel in ID_FIELD:
-            self.add(channel, symbol, data, end, now)
+    def on_frame(self, head: bytes, now: float) -> None:
+        if self.window[0] <= now <= self.window[1]:
+            self.frames.append((head, now))
 
     async def on_nats(self, msg: Msg) -> None:
         now = time.time()
-        channel, _, symbol = msg.subject.partition(".")
-        self.add(channel, symbol, msg.data, 0, now)
+        if self.window[0] <= now <= self.window[1]:
+            self.messages.append((msg.subject, msg.data[:HEAD_BYTES], now))
+
+    def records(self) -> list[tuple[str, str, int, int, float]]:
+        """(channel, symbol, message id, E, received) of each message with an id field."""
+        found = []
+        for head, now in self.frames:  # {"topic":"channel@SYMBOL","data":{...}}
+            end = head.index(b'"', TOPIC_START)
+            channel, _, symbol = head[TOPIC_START:end].decode().partition("@")
+            if channel in ID_FIELD:
+                found.append(parse(channel, symbol, head, end, now))
+        for subject, data, now in self.messages:
+            channel, _, symbol = subject.partition(".")
+            found.append(parse(channel, symbol, data, 0, now))
+        return found
+
+
+def parse(
+    channel: str, symbol: str, head: bytes, start: int, now: float
+) -> tuple[str, str, int, int, float]:
+    event_ms = field_int(head, b'"E":', start)
+    return (channel, symbol, field_int(head, ID_FIELD[channel], start), event_ms, now)
 
 
 class LeanClient(asyncio.Protocol):
@@ -133,19 +146,19 @@ class LeanClient(asyncio.Protocol):
                 length, start = int.from_bytes(buffer[start : start + 8]), start + 8
             if len(buffer) < start + length:
                 break
-            payload = bytes(buffer[start : start + length])
-            at = start + length
+            head = bytes(buffer[start : start + min(length, HEAD_BYTES)])
             if opcode == 0x1:
-                if payload.startswith(b'{"result"'):
+                if head.startswith(b'{"topic"'):
+                    self.recorder.on_frame(head, now)
+                elif head.startswith(b'{"result"'):
                     self.subscribed.set_result(None)
-                elif not payload.startswith(b'{"topic"'):
-                    raise SystemExit(f"subscribe failed: {payload[:300]!r}")
                 else:
-                    self.recorder.on_frame(payload, now)
+                    raise SystemExit(f"subscribe failed: {head!r}")
             elif opcode == 0x9:
-                self.send(0xA, payload)  # pong
+                self.send(0xA, bytes(buffer[start : start + length]))  # pong
             elif opcode == 0x8:
-                self.recorder.closed.append(f"closed by the gateway: {payload[:200]!r}")
+                self.recorder.closed.append(f"closed by the gateway: {head!r}")
+            at = start + length
         del buffer[:at]
 
 
@@ -181,7 +194,7 @@ async def main(mode: str, url: str, clients: int, symbols: list[str]) -> None:
     start, end = (float(x) for x in line.split())
     recorder.window = (start, end)
     await asyncio.sleep(max(0.0, end - time.time()) + 0.5)
-    result = {"records": recorder.records, "closed": recorder.closed}
+    result = {"records": recorder.records(), "closed": recorder.closed}
     print(orjson.dumps(result).decode(), flush=True)
     if mode == "ws":
         for transport in transports:
