@@ -116,17 +116,21 @@ async def bare_client(sim: SimulatorProcess, pairs: list[str], seconds: float) -
     return latencies
 
 
-async def published_total(port: int) -> float:
+async def counters(port: int) -> tuple[float, float]:
+    """(books published, depth frames received) so far, from the service's /metrics."""
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{port}/metrics") as resp,
     ):
         text = await resp.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("marketpipe_published_messages_total{") and "orderbook" in line
-    )
+    published = received = 0.0
+    for line in text.splitlines():
+        value = line.rsplit(" ", 1)[-1]
+        if line.startswith('marketpipe_published_messages_total{channel="orderbook"}'):
+            published += float(value)
+        elif line.startswith('marketpipe_exchange_messages_total{stream="depth"}'):
+            received += float(value)
+    return published, received
 
 
 async def run_service(
@@ -162,13 +166,13 @@ async def run_service(
         await asyncio.sleep(3)
         rss_start = rss_mb(pid)
         cpu_before = {"orderbook": cpu_seconds(pid), "simulator": cpu_seconds(sim.pid)}
-        published_before = await published_total(port)
+        published_before, received_before = await counters(port)
         started = time.monotonic()
         samples.counting = True
         await asyncio.sleep(seconds)
         samples.counting = False
         elapsed = time.monotonic() - started
-        published = await published_total(port) - published_before
+        published_after, received_after = await counters(port)
         cpu = {
             "orderbook": (cpu_seconds(pid) - cpu_before["orderbook"]) / elapsed,
             "simulator": (cpu_seconds(sim.pid) - cpu_before["simulator"]) / elapsed,
@@ -181,7 +185,8 @@ async def run_service(
         "samples": samples,
         "cpu": cpu,
         "rss": (rss_start, rss_end),
-        "published_per_second": published / elapsed,
+        "published_per_second": (published_after - published_before) / elapsed,
+        "received_per_second": (received_after - received_before) / elapsed,
         "synced_after": synced_after,
     }
 
@@ -251,6 +256,14 @@ async def main(args: argparse.Namespace) -> None:
             f"  CPU: orderbook {cpu['orderbook']:.0%} of a core "
             f"(target <= 100%: {'met' if cpu['orderbook'] <= 1 else 'MISSED'}), "
             f"simulator {cpu['simulator']:.0%}"
+        )
+        received = result["received_per_second"]
+        per_diff = cpu["orderbook"] / received * 1e6 if received else float("nan")
+        target = len(pairs) * args.rate
+        print(
+            f"  CPU per diff received (decode, apply, its share of views and publishing): "
+            f"{per_diff:.0f} us; at {target:.0f} diffs/s that is {per_diff * target / 1e6:.0%} "
+            f"of a core (received {received:.0f} diffs/s here)"
         )
         print(f"  RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB at end")
         print(f"\nlogs: {logdir}")

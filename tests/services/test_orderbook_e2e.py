@@ -66,6 +66,7 @@ class Recorder:
     prefix: str
     books: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status_history: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     last: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_raw: dict[str, bytes] = field(default_factory=dict)
 
@@ -78,6 +79,7 @@ class Recorder:
     async def on_status(self, subject: str, data: bytes) -> None:
         message = orjson.loads(data)
         self.status[message["symbol"]] = message
+        self.status_history.append((time.monotonic(), message))
 
     def live(self) -> set[str]:
         return {s for s, m in self.status.items() if m["state"] == "live"}
@@ -102,6 +104,12 @@ class Rig:
             async with self.http.post(f"{self.sim.url}/admin/step", params={"n": "1"}) as r:
                 r.raise_for_status()
             await self.record()
+
+    async def step_for(self, seconds: float, pause: float = 0.15) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await self.step()
+            await asyncio.sleep(pause)
 
     async def record(self) -> None:
         async def one(symbol: str) -> None:
@@ -157,7 +165,12 @@ class Rig:
             bids, asks = view_of(settings, symbol, *book[current])
             message = self.recorder.last[symbol]
             assert message["lastUpdateId"] == current, symbol
-            assert (message["bids"], message["asks"]) == (bids, asks), symbol
+            for side, want in (("bids", bids), ("asks", asks)):
+                got = message[side]
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None
+                )
+                assert got == want, (symbol, side, len(got), len(want), first, got[:3], want[:3])
             raw = self.recorder.last_raw[symbol]
             assert orjson.dumps(bids) in raw and orjson.dumps(asks) in raw, symbol
             cached = await self.redis.get(f"{self.redis_prefix}orderbook:{symbol}")
@@ -285,13 +298,13 @@ async def test_books_are_exact_under_every_fault(rig: Rig) -> None:
     rig.sim.fault(type="close", symbol=symbols[30], code=1008)
     await rig.step(3)
     # REST throttled while books wait for snapshots: nothing may be sent before Retry-After
-    rig.sim.fault(type="rest_error", status=429, retry_after=1, count=2, path="/api/v3/depth")
+    rig.sim.fault(type="rest_error", status=429, retry_after=1, count=1, path="/api/v3/depth")
     rig.sim.fault(type="drop", symbol=symbols[50], count=1)
     rig.sim.fault(type="drop", symbol=symbols[51], count=1)
-    await rig.step(3)
+    await rig.step_for(1.5)
     rig.sim.fault(type="rest_error", status=418, retry_after=1, count=1, path="/api/v3/depth")
     rig.sim.fault(type="drop", symbol=symbols[52], count=1)
-    await rig.step(3)
+    await rig.step_for(1.5)
     rig.sim.clear_faults()
 
     await rig.drive_until(lambda: rig.recorder.live() == everyone, within=60)
@@ -300,6 +313,17 @@ async def test_books_are_exact_under_every_fault(rig: Rig) -> None:
     checked = rig.check_every_book()
     assert checked > 10 * len(symbols)
     rig.check_sequences()
+
+    # After each 429/418 (Retry-After 1 s) the service sent nothing to the exchange for 1 s. The
+    # log has completion times: requests already in flight (at most 4 snapshots and 1 audit)
+    # may still complete just after the refusal.
+    requests = [r for r in rig.sim.admin("GET", "requests") if r["path"].startswith("/api/")]
+    limited = [i for i, r in enumerate(requests) if r["status"] in (418, 429)]
+    assert sorted(requests[i]["status"] for i in limited) == [418, 429]
+    for i in limited:
+        soon = [r["time"] - requests[i]["time"] for r in requests[i + 1 :]]
+        in_flight = [t for t in soon if t < 0.99]
+        assert len(in_flight) <= 5 and all(t < 0.3 for t in in_flight), soon[:8]
 
     metrics = await rig.metrics()
     assert 'marketpipe_book_resyncs_total{reason="gap"}' in metrics
@@ -324,8 +348,10 @@ async def test_a_resync_does_not_delay_the_other_books(rig: Rig) -> None:
     assert rig.recorder.status[victim]["state"] == "live"
     published = rig.recorder.books[start:]
     seen = {(m["symbol"], m["lastUpdateId"]): t for t, m in published}
-    victim_ids = {m["lastUpdateId"] for _, m in published if m["symbol"] == victim}
-    assert len(victim_ids) < len(stepped) - 5  # the victim really was out of sync a while
+    changes = [m for _, m in rig.recorder.status_history if m["symbol"] == victim]
+    down = next(m["since"] for m in changes if m["state"] == "resyncing")
+    up = next(m["since"] for m in changes if m["state"] == "live" and m["since"] > down)
+    assert up - down > 1800  # ms: the victim really was out of sync a while (slow snapshot)
     delays = []
     previous = stepped[0][1]
     for when, ids in stepped[1:]:
