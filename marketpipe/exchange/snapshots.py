@@ -55,8 +55,10 @@ class SnapshotScheduler:
                 delay = self.planner.due_in(time.monotonic())
                 if delay is None or delay > 0:
                     self._wakeup.clear()
+                    # Not asyncio.wait_for: on 3.11 it can swallow a cancel (see streams.py).
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._wakeup.wait()
                     continue
                 await self._slots.acquire()
                 job = self.planner.pop(time.monotonic())

@@ -113,8 +113,11 @@ class StreamHub:
                 for action in self.plan.tick(loop.time()):
                     await self._execute(action)
                 self._wakeup.clear()
+                # Not asyncio.wait_for: on 3.11 it swallows a cancel that coincides with the
+                # wake-up, and the hub would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), TICK_SECONDS)
+                    async with asyncio.timeout(TICK_SECONDS):
+                        await self._wakeup.wait()
         finally:
             await self._shutdown()
 
