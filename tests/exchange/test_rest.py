@@ -155,3 +155,21 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
         "symbol=ETHUSDT&limit=100",
         "symbol=NOPEUSDT&limit=100",
     ]
+
+
+async def test_the_scheduler_stops_when_cancelled_right_after_a_request(
+    exchange_sim: SimulatorProcess,
+) -> None:
+    got: list[str] = []
+    async with ExchangeRest(exchange_sim.rest_url) as rest:
+        planner = SnapshotPlanner(weight_per_minute=600)  # the second snapshot waits its turn
+        scheduler = SnapshotScheduler(rest, planner, lambda s, _: got.append(s), lambda *_: None)
+        task = asyncio.create_task(scheduler.run())
+        scheduler.request("ETHUSDT")
+        await wait_for(lambda: got == ["ETHUSDT"])
+        scheduler.request("BNBUSDT")
+        await asyncio.sleep(0.05)
+        scheduler.request("BTCUSDT", priority=True)  # wakes the loop as the cancel arrives
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+    assert done, "the scheduler ignored the cancel"
