@@ -298,9 +298,10 @@ class OrderbookService:
             due = throttle.next_due()
             if due is None or due > now:
                 self._wake.clear()
-                timeout = None if due is None else due - now
+                # Not asyncio.wait_for: on 3.11 it can swallow the cancel of stop().
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(None if due is None else due - now):
+                        await self._wake.wait()
                 continue
             for symbol in throttle.pop_due(now):
                 await self._publish_book(symbol)
