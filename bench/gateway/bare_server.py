@@ -23,8 +23,8 @@ async def main(port: int, nats_url: str, subject: str) -> None:
         await ws.prepare(request)
         clients.add(ws)
         try:
-            async for _ in ws:  # the subscribe message is ignored: everyone gets everything
-                pass
+            async for _ in ws:  # everyone gets everything: a subscribe is only acknowledged
+                await ws.send_str('{"result":"subscribed"}')
         finally:
             clients.discard(ws)
         return ws

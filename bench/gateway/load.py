@@ -1,7 +1,8 @@
 """Load generator: N WebSocket clients that subscribe, count deliveries and time them.
 
-``python -m bench.gateway.load URL CLIENTS TOPIC EXPECTED SECONDS`` prints one JSON line:
-deliveries, first/last receipt times and a sample of publish-to-receipt latencies.
+``python -m bench.gateway.load URL CLIENTS TOPIC EXPECTED SECONDS`` prints ``READY`` once every
+client is subscribed, then one JSON line: deliveries, first/last receipt times and a sample of
+publish-to-receipt latencies (from the ``sent`` field each published message carries).
 """
 
 from __future__ import annotations
@@ -10,47 +11,44 @@ import asyncio
 import sys
 import time
 
-import aiohttp
 import orjson
 import uvloop
 
-SENT_FIELD = '"sent":'
+from bench.gateway import lean_client
+
+SENT_FIELD = b'"sent":'
+SAMPLE_EVERY = 10  # parsing every message would cost more than receiving it
 
 
 async def main(url: str, clients: int, topic: str, expected: int, seconds: float) -> None:
-    subscribe = orjson.dumps({"action": "subscribe", "topics": topic}).decode()
-    counts = [0] * clients
+    subscribe = orjson.dumps({"action": "subscribe", "topics": topic})
+    total = expected * clients
+    deliveries = 0
     latencies: list[float] = []
     first_last = [float("inf"), 0.0]
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        sockets = [await http.ws_connect(url, max_msg_size=0) for _ in range(clients)]
-        for ws in sockets:
-            await ws.send_str(subscribe)
-        print("READY", flush=True)
+    done = asyncio.get_running_loop().create_future()
 
-        async def read(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
-            while counts[i] < expected:
-                msg = await ws.receive()
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    return
-                data = msg.data
-                at = data.find(SENT_FIELD)
-                if at < 0:
-                    continue  # a reply
-                now = time.time()
-                counts[i] += 1
-                first_last[0] = min(first_last[0], now)
-                first_last[1] = now
-                if counts[i] % 10 == 0:  # sample: parsing every message would cost more
-                    end = data.find(",", at)
-                    latencies.append(now - float(data[at + len(SENT_FIELD) : end]))
+    def on_frame(head: bytes, now: float) -> None:
+        nonlocal deliveries
+        deliveries += 1
+        first_last[0] = min(first_last[0], now)
+        first_last[1] = now
+        if deliveries % SAMPLE_EVERY == 0:
+            at = head.find(SENT_FIELD) + len(SENT_FIELD)
+            latencies.append(now - float(head[at : head.index(b",", at)]))
+        if deliveries == total and not done.done():
+            done.set_result(None)
 
-        readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
-        await asyncio.wait(readers, timeout=seconds)
-        for ws in sockets:
-            await ws.close()
+    ended: list[str] = []
+    transports = await lean_client.connect(url, clients, subscribe, on_frame, ended)
+    print("READY", flush=True)
+    started = time.monotonic()
+    while not done.done() and time.monotonic() - started < seconds:
+        await asyncio.wait([done], timeout=0.5)
+    for transport in transports:
+        transport.close()
     result = {
-        "deliveries": sum(counts),
+        "deliveries": deliveries,
         "first": first_last[0],
         "last": first_last[1],
         "latencies": latencies,

@@ -115,6 +115,7 @@ class ClientConnection:
         self._writing = False
         # compressed frames need aiohttp's compressor: always through the writer
         self._direct = not ws.compress
+        self._transport = request.transport  # the same for the connection's life
 
     def deliver(self, topic: str | None, frame: bytes, how: Conflation = Conflation.NONE) -> None:
         if self._pending or (not self.queue and not self._writing and self._keeping_up()):
@@ -131,7 +132,7 @@ class ClientConnection:
             self._on_slow(self)
 
     def _keeping_up(self) -> bool:
-        transport = self.request.transport
+        transport = self._transport
         return (
             self._direct
             and transport is not None
@@ -142,7 +143,7 @@ class ClientConnection:
     def flush(self) -> None:
         """Write the frames gathered this turn, in one system call."""
         frames, self._pending = self._pending, []
-        transport = self.request.transport
+        transport = self._transport
         if self.ws.closed or transport is None or transport.is_closing():
             return  # closing: nothing may follow the close frame; the reader cleans up
         parts: list[bytes] = []
