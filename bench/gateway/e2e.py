@@ -58,6 +58,11 @@ def p50_p99_ms(values: list[float]) -> str:
     return f"p50 {p50:7.1f} ms   p99 {p99:7.1f} ms"
 
 
+def waited_seconds(pid: int) -> float:
+    """Time ``pid`` spent runnable but waiting for a core (the scheduler's run-queue delay)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def latencies(records: list[Record], channel: str) -> list[float]:
     """Receipt minus ``E``, seconds; for books beyond the publish interval (clipped at 0)."""
     raw = [now - e / 1000 for ch, _, _, e, now in records if ch == channel]
@@ -67,7 +72,11 @@ def latencies(records: list[Record], channel: str) -> list[float]:
 
 
 def report(
-    records: dict[str, list[Record]], clients: int, seconds: float, cpu: dict[str, float]
+    records: dict[str, list[Record]],
+    clients: int,
+    seconds: float,
+    cpu: dict[str, float],
+    waited: dict[str, float],
 ) -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
@@ -95,6 +104,8 @@ def report(
         print(f"    gateway's own part (client - NATS receipt, same message) {p50_p99_ms(hop)}")
     print("  CPU over the window (100% = one core): "
           + ", ".join(f"{name} {share:.0%}" for name, share in cpu.items()))  # fmt: skip
+    print("  runnable but waiting for a core (share of the window): "
+          + ", ".join(f"{name} {share:.0%}" for name, share in waited.items()))  # fmt: skip
     met = "met" if worst["gateway client"] <= 10 else "MISSED"
     print(
         f"  worst channel p99 (trades, tickers raw; books beyond the interval): "
@@ -148,9 +159,14 @@ def run(args: argparse.Namespace) -> None:
         }
         time.sleep(max(0.0, start - time.time()))
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        waited_before = {name: waited_seconds(pid) for name, pid in pids.items()}
         time.sleep(max(0.0, end - time.time()))
         cpu = {
             name: (cpu_seconds(pid) - before[name]) / args.e2e_seconds for name, pid in pids.items()
+        }
+        waited = {
+            name: (waited_seconds(pid) - waited_before[name]) / args.e2e_seconds
+            for name, pid in pids.items()
         }
         records: dict[str, list[Record]] = defaultdict(list)
         for name, proc in zip(names, receivers, strict=True):
@@ -160,7 +176,7 @@ def run(args: argparse.Namespace) -> None:
             if result["closed"]:
                 print(f"  {name}: {len(result['closed'])} connections ended early, e.g. "
                       f"{result['closed'][0]}")  # fmt: skip
-        report(records, args.e2e_clients, args.e2e_seconds, cpu)
+        report(records, args.e2e_clients, args.e2e_seconds, cpu, waited)
         print(f"  logs: {logdir}")
     finally:
         for proc in receivers:
