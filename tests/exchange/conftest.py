@@ -33,4 +33,6 @@ async def hub_runner() -> AsyncIterator[Callable[[StreamHub], None]]:
     yield lambda hub: tasks.append(asyncio.create_task(hub.run()))
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks:
+        _, stuck = await asyncio.wait(tasks, timeout=10)
+        assert not stuck, "a StreamHub ignored the cancel"
