@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -113,6 +114,7 @@ class OrderbookService:
         self._ever_live: set[str] = set()
         self._status_out: deque[tuple[str, bytes]] = deque()  # (subject, payload)
         self._wake = asyncio.Event()
+        self._publisher_sleeps_until = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
         self._latency: Any = PUBLISH_LATENCY.labels("orderbook")
         self._resync_counters: dict[str, Any] = {}
@@ -243,8 +245,7 @@ class OrderbookService:
     def _act(self, symbol: str, sync: BookSync, actions: Sequence[Action]) -> None:
         for action in actions:
             if isinstance(action, BookChanged):
-                if self.throttle.changed(symbol, time.monotonic()):
-                    self._wake.set()
+                self._changed(symbol)
                 if self.audits.waiting(symbol):
                     self._audit_advanced(symbol, sync)
             elif isinstance(action, FetchSnapshot):
@@ -267,8 +268,7 @@ class OrderbookService:
     def _on_state(self, symbol: str, state: str, reason: str | None) -> None:
         if state == LIVE:
             self._ever_live.add(symbol)
-            if self.throttle.changed(symbol, time.monotonic()):
-                self._wake.set()
+            self._changed(symbol)
         else:
             self.throttle.discard(symbol)  # that state must never go out
             self.audits.cancel(symbol)
@@ -287,6 +287,16 @@ class OrderbookService:
 
     # --- publishing ---
 
+    def _changed(self, symbol: str) -> None:
+        # Wake the publisher if this change is due before the time it sleeps until: a change
+        # due one interval from now must not wait for an unrelated wake-up (with no other
+        # pending pair, the publisher sleeps with no deadline at all).
+        throttle = self.throttle
+        throttle.changed(symbol, time.monotonic())
+        due = throttle.next_due()
+        if due is not None and due < self._publisher_sleeps_until:
+            self._wake.set()
+
     async def _publish_forever(self) -> None:
         throttle = self.throttle
         while True:
@@ -298,10 +308,12 @@ class OrderbookService:
             due = throttle.next_due()
             if due is None or due > now:
                 self._wake.clear()
+                self._publisher_sleeps_until = math.inf if due is None else due
                 # Not asyncio.wait_for: on 3.11 it can swallow the cancel of stop().
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(None if due is None else due - now):
                         await self._wake.wait()
+                self._publisher_sleeps_until = -math.inf  # awake: it looks at the throttle
                 continue
             for symbol in throttle.pop_due(now):
                 await self._publish_book(symbol)
