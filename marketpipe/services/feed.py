@@ -163,6 +163,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        """Forget every message not yet published."""
+        self._items.clear()
+
     def put(
         self,
         subject: str,

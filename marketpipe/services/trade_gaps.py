@@ -163,6 +163,33 @@ class TradeSequencer(Generic[P]):
             self._reset_fill()
         return step
 
+    def resume_after(self, published: int | None, recent: Iterable[tuple[int, P]]) -> Step[P]:
+        """This instance becomes the publisher: ``published`` is the last id the previous one
+        published (None: none of ``recent``), ``recent`` what this sequencer released lately
+        (id, payload), oldest first. Republishes what the previous publisher had not; when
+        ``recent`` no longer reaches back that far, the hole is fetched like any other."""
+        step: Step[P] = Step()
+        recent = list(recent)
+        if published is None:
+            step.publish = [payload for _, payload in recent]
+            return step
+        if self.last_id is None or published >= self.last_id:  # it was level or ahead
+            self.last_id = published if self.last_id is None else max(self.last_id, published)
+            for trade_id in [t for t in self._held if t <= self.last_id]:
+                del self._held[trade_id]
+            self._release_contiguous(step)
+            return step
+        missed = [(trade_id, payload) for trade_id, payload in recent if trade_id > published]
+        if recent and recent[0][0] <= published + 1:
+            step.publish = [payload for _, payload in missed]
+            return step
+        self.last_id = published
+        for trade_id, payload in missed:
+            self._held.setdefault(trade_id, payload)
+        if not self.filling:
+            self._start_fill(step)
+        return step
+
     def _note_seen(self, trade_id: int) -> None:
         if self._newest_seen is None or trade_id > self._newest_seen:
             self._newest_seen = trade_id

@@ -5,13 +5,22 @@ one :class:`~marketpipe.services.trade_gaps.TradeSequencer` per pair keeps the i
 (holes filled from REST ``/api/v3/trades``, duplicates dropped, live trades of a pair held while
 its hole is filled), :class:`~marketpipe.services.feed.Outbox` publishes in order and pushes each
 published trade onto ``marketpipe:trades:<SYMBOL>``.
+
+Failover without a hole or a duplicate: every replica listens to ``trades.*`` on NATS and keeps the
+last trade id published per pair, and keeps the trades it released itself over the last
+``LEADER_TTL_SECONDS`` + :data:`RECENT_MARGIN_SECONDS`. On becoming leader it publishes, per pair,
+the trades after the previous leader's last one (from REST when they are no longer kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
+from collections import deque
 from typing import Any
+
+import msgspec
 
 from marketpipe.config import Settings
 from marketpipe.exchange.messages import MarketEvent, Trade
@@ -29,6 +38,17 @@ log = get_logger(__name__)
 
 FETCH_WORKERS = 4
 RETRY_DELAY_SECONDS = 0.5
+# A follower keeps what it released for the lease's TTL plus this: a kill -9 of the leader is
+# noticed within the TTL, so the trades the dead leader never sent are still here.
+RECENT_MARGIN_SECONDS = 5.0
+RECENT_MAX_PER_PAIR = 20_000
+
+
+class _PublishedTrade(msgspec.Struct):
+    t: int
+
+
+_decode_published = msgspec.json.Decoder(_PublishedTrade).decode
 
 
 class TradesService:
@@ -49,12 +69,19 @@ class TradesService:
         self._fetches = FetchQueue()
         self._fetch_wanted = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._published: dict[str, int] = {}  # last trade id on NATS per pair, from any replica
+        self._recent: dict[str, deque[tuple[float, int, Trade]]] = {}  # (released at, id, trade)
+        self._keep_seconds = ctx.settings.leader_ttl_seconds + RECENT_MARGIN_SECONDS
         self._counters: dict[str, Any] = {
             event: TRADE_CONTINUITY.labels(event)
             for event in ("duplicate", "gap", "check", "recovered", "skipped", "rejected")
         }
 
     async def start(self) -> None:
+        # before any trade is taken: every trade released from now on is either seen here
+        # once published, or still unpublished when this replica takes over
+        await self._ctx.nats.subscribe("trades.*", self._on_published)
+        await self._ctx.nats.flush()
         await self._outbox.start()
         await self._feed.start()
         self._workers = [
@@ -72,12 +99,39 @@ class TradesService:
     def ready(self) -> bool:
         return self._feed.ready()
 
+    def on_leadership(self, is_leader: bool, epoch: int) -> None:
+        if not is_leader:
+            return
+        self._outbox.clear()  # queued while following: the catch-up below covers it, in order
+        for symbol, seq in self._sequencers.items():
+            recent = self._recent.get(symbol, ())
+            step = seq.resume_after(self._published.get(symbol), [(t, p) for _, t, p in recent])
+            if step.publish or step.fetch is not None:
+                log.info(
+                    "trades_resumed",
+                    symbol=symbol,
+                    after=self._published.get(symbol),
+                    republished=len(step.publish),
+                    fetch=step.fetch is not None,
+                )
+            self._apply(seq, step, live=False)
+
+    async def _on_published(self, subject: str, data: bytes) -> None:
+        symbol = subject.partition(".")[2]
+        try:
+            trade_id = _decode_published(data).t
+        except msgspec.DecodeError:
+            return  # not a trade message: nothing to learn from it
+        if trade_id > self._published.get(symbol, -1):
+            self._published[symbol] = trade_id
+
     # --- pairs ---
 
     def _on_universe(self, universe: Universe) -> None:
         pairs = set(universe.symbols)
         for symbol in set(self._sequencers) - pairs:
             del self._sequencers[symbol]
+            self._recent.pop(symbol, None)
             self._fetches.discard(symbol)
         for symbol in pairs - set(self._sequencers):
             self._sequencers[symbol] = TradeSequencer(symbol)
@@ -108,6 +162,8 @@ class TradesService:
         self._apply(seq, seq.on_live(event.trade_id, event), live=True)
 
     def _apply(self, seq: TradeSequencer[Trade], step: Step[Trade], live: bool) -> None:
+        if step.publish:
+            self._remember(seq.symbol, step.publish)
         for trade in step.publish:
             payload = trade_message(trade)
             self._outbox.put(
@@ -135,6 +191,17 @@ class TradesService:
             )
         if step.fetch is not None:
             self._want(step.fetch)
+
+    def _remember(self, symbol: str, trades: list[Trade]) -> None:
+        recent = self._recent.get(symbol)
+        if recent is None:
+            recent = self._recent[symbol] = deque(maxlen=RECENT_MAX_PER_PAIR)
+        now = time.monotonic()
+        newest = recent[-1][1] if recent else -1  # a catch-up re-releases what is kept already
+        recent.extend((now, trade.trade_id, trade) for trade in trades if trade.trade_id > newest)
+        too_old = now - self._keep_seconds
+        while recent and recent[0][0] < too_old:
+            recent.popleft()
 
     # --- fetching missed trades ---
 
