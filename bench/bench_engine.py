@@ -31,7 +31,7 @@ from marketpipe.exchange.messages import decode_combined_depth
 from marketpipe.exchange.rest import DepthSnapshot
 
 ROOT = Path(__file__).resolve().parent
-CACHE = ROOT / "results" / "engine-stream"
+CACHE = ROOT / "results" / "engine-stream-sim"
 CRYPTOFEED_ENV = ROOT / ".envs" / "cryptofeed"
 PYTHON_313 = "/root/.pyenv/versions/3.13.0/bin/python"
 SNAPSHOT_LIMIT = 5000
@@ -40,12 +40,16 @@ _snapshot = msgspec.json.Decoder(DepthSnapshot)
 
 
 def load_recording(frames: int) -> Recording:
-    """Generated once (deterministic), then read back from bench/results/."""
+    """Recorded once from the simulator's market model (deterministic), then read back."""
     folder = CACHE / str(frames)
     if not (folder / "frames.jsonl").exists():
         folder.mkdir(parents=True, exist_ok=True)
         rec = record(frames=frames)
-        (folder / "symbols.json").write_bytes(orjson.dumps(rec.symbols))
+        pairs = [
+            {"symbol": symbol, "base": base, "quote": quote}
+            for symbol, (base, quote) in zip(rec.symbols, rec.assets, strict=True)
+        ]
+        (folder / "symbols.json").write_bytes(orjson.dumps(pairs))
         for name, items in (
             ("first", rec.first_frames),
             ("snapshots", rec.snapshots),
@@ -53,12 +57,13 @@ def load_recording(frames: int) -> Recording:
         ):
             (folder / f"{name}.jsonl").write_bytes(b"\n".join(items))
     lines = lambda name: (folder / f"{name}.jsonl").read_bytes().split(b"\n")  # noqa: E731
+    pairs = orjson.loads((folder / "symbols.json").read_bytes())
     return Recording(
-        orjson.loads((folder / "symbols.json").read_bytes()),
+        [p["symbol"] for p in pairs],
+        [(p["base"], p["quote"]) for p in pairs],
         lines("first"),
         lines("snapshots"),
         lines("frames"),
-        {},
     )
 
 

@@ -17,23 +17,25 @@ async def _noop(book, receipt_timestamp):  # the feed needs a callback to run it
     return None
 
 
-def _feed(symbols: list[str]) -> Binance:
+def _feed(pairs: list[dict[str, str]]) -> Binance:
     info = {
         "symbols": [
             {
-                "symbol": s,
+                "symbol": p["symbol"],
                 "status": "TRADING",
-                "baseAsset": s[:-4],
-                "quoteAsset": "USDT",
+                "baseAsset": p["base"],
+                "quoteAsset": p["quote"],
                 "filters": [{"tickSize": "0.00000001"}],
             }
-            for s in symbols
+            for p in pairs
         ]
     }
     mapping, extra = Binance._parse_symbol_data(info)
     Symbols.set(Binance.id, mapping, extra)
     return Binance(
-        symbols=[f"{s[:-4]}-USDT" for s in symbols], channels=[L2_BOOK], callbacks={L2_BOOK: _noop}
+        symbols=[f"{p['base']}-{p['quote']}" for p in pairs],
+        channels=[L2_BOOK],
+        callbacks={L2_BOOK: _noop},
     )
 
 
@@ -46,12 +48,13 @@ def _seed(feed: Binance, symbols: list[str], snapshots: list[str]) -> None:
 
 
 async def main(data: Path) -> None:
-    symbols = json.loads((data / "symbols.json").read_text())
+    pairs = json.loads((data / "symbols.json").read_text())
+    symbols = [p["symbol"] for p in pairs]
     snapshots = (data / "snapshots.jsonl").read_text().splitlines()
     frames = (data / "frames.jsonl").read_text().splitlines()
     level_updates = sum(len(d["b"]) + len(d["a"]) for d in (json.loads(f)["data"] for f in frames))
 
-    feed = _feed(symbols)
+    feed = _feed(pairs)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     _seed(feed, symbols, snapshots)
@@ -62,7 +65,7 @@ async def main(data: Path) -> None:
 
     best = float("inf")
     for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 1):
-        feed = _feed(symbols)
+        feed = _feed(pairs)
         _seed(feed, symbols, snapshots)
         start = time.process_time()
         for frame in frames:

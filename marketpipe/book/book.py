@@ -25,6 +25,7 @@ restricted to ``[floor, best]`` on each side, and memory is bounded.
 from __future__ import annotations
 
 import sys
+from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
 from decimal import Decimal
@@ -36,6 +37,9 @@ INF = float("inf")
 MAX_EXACT_DIGITS = 15
 # A price of at most 16 characters has at most 15 digits: the common case needs no counting.
 _SHORT_PRICE = MAX_EXACT_DIGITS + 1
+# Levels per chunk of a side (a chunk holds CHUNK/4 .. 2*CHUNK): a change deep in a 5000-level
+# book moves at most a chunk, not the whole side, and the bisect reads contiguous doubles.
+CHUNK = 256
 
 
 class BadLevel(ValueError):
@@ -110,19 +114,22 @@ def _checked(price: str, quantity: str) -> tuple[float, float]:
 
 
 class BookSide:
-    """One side. ``keys``/``fragments`` ascend towards the best level (read-only for callers)."""
+    """One side, best level last: ``chunks`` of ascending keys (``array('d')``) and the parallel
+    chunks of ``fragments``; ``maxes`` holds each key chunk's last (best) key."""
 
-    __slots__ = ("cap", "floor", "fragments", "is_ask", "keys")
+    __slots__ = ("cap", "count", "floor", "fragment_chunks", "is_ask", "key_chunks", "maxes")
 
     def __init__(self, is_ask: bool) -> None:
         self.is_ask = is_ask
-        self.keys: list[float] = []
-        self.fragments: list[bytes] = []
+        self.key_chunks: list[array[float]] = []
+        self.fragment_chunks: list[list[bytes]] = []
+        self.maxes: list[float] = []
+        self.count = 0
         self.floor = -INF
         self.cap = 0
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self.count
 
     def load(self, levels: Sequence[Sequence[str]], numbers: Numbers, limit: int | None) -> None:
         """Replace the side by a snapshot's levels (``numbers``: from :func:`checked_numbers`)."""
@@ -135,17 +142,20 @@ class BookSide:
                 merged[key * sign] = encode_level(price, quantity)
             else:
                 merged.pop(key * sign, None)
-        self.keys = sorted(merged)
-        self.fragments = [merged[k] for k in self.keys]
-        received = len(merged)
+        keys = sorted(merged)
+        self.key_chunks = [array("d", keys[i : i + CHUNK]) for i in range(0, len(keys), CHUNK)]
+        self.fragment_chunks = [[merged[k] for k in chunk] for chunk in self.key_chunks]
+        self.maxes = [chunk[-1] for chunk in self.key_chunks]
+        self.count = received = len(keys)
         truncated = received > 0 and (limit is None or received >= limit)
-        self.floor = self.keys[0] if truncated else -INF
+        self.floor = keys[0] if truncated else -INF
         self.cap = limit if limit is not None else max(received, 1)
 
     def apply(self, levels: Sequence[Sequence[str]], numbers: Numbers) -> None:
         """Set the levels of a diff (``numbers``: from :func:`checked_numbers`)."""
         # The hot path: the numbers were checked in C; the loop does the fewest operations.
-        keys, fragments, floor, is_ask = self.keys, self.fragments, self.floor, self.is_ask
+        key_chunks, fragment_chunks, maxes = self.key_chunks, self.fragment_chunks, self.maxes
+        floor, is_ask, count = self.floor, self.is_ask, self.count
         for (price, quantity), (key, size) in zip(levels, numbers, strict=True):
             if len(price) > _SHORT_PRICE:
                 _check_precision(price, quantity)
@@ -153,32 +163,115 @@ class BookSide:
                 key = -key
             if key < floor:
                 continue
+            at_chunk = bisect_left(maxes, key)
+            if at_chunk == len(maxes):  # better than the best level: a new best (or absent)
+                if not size:
+                    continue
+                if not maxes:
+                    self._start(key, f'["{price}","{quantity}"]'.encode())
+                    count = 1
+                    continue
+                at_chunk -= 1
+            keys = key_chunks[at_chunk]
             at = bisect_left(keys, key)
             if at < len(keys) and keys[at] == key:
                 if size:
-                    fragments[at] = f'["{price}","{quantity}"]'.encode()
-                else:
-                    del keys[at]
-                    del fragments[at]
+                    fragment_chunks[at_chunk][at] = f'["{price}","{quantity}"]'.encode()
+                    continue
+                del keys[at]
+                del fragment_chunks[at_chunk][at]
+                count -= 1
+                if at == len(keys) and keys:
+                    maxes[at_chunk] = keys[-1]
+                if len(keys) <= CHUNK >> 2:
+                    self._merge(at_chunk)
             elif size:
                 keys.insert(at, key)
-                fragments.insert(at, f'["{price}","{quantity}"]'.encode())
-        if len(keys) > self.cap + (self.cap >> 2):
+                fragment_chunks[at_chunk].insert(at, f'["{price}","{quantity}"]'.encode())
+                count += 1
+                if at == len(keys) - 1:
+                    maxes[at_chunk] = key
+                if len(keys) > CHUNK << 1:
+                    self._split(at_chunk)
+        self.count = count
+        if count > self.cap + (self.cap >> 2):
             self._prune()
 
+    def _start(self, key: float, fragment: bytes) -> None:
+        self.key_chunks.append(array("d", (key,)))
+        self.fragment_chunks.append([fragment])
+        self.maxes.append(key)
+
+    def _split(self, at_chunk: int) -> None:
+        keys, fragments = self.key_chunks[at_chunk], self.fragment_chunks[at_chunk]
+        self.key_chunks.insert(at_chunk + 1, keys[CHUNK:])
+        self.fragment_chunks.insert(at_chunk + 1, fragments[CHUNK:])
+        del keys[CHUNK:], fragments[CHUNK:]
+        self.maxes.insert(at_chunk, keys[-1])
+
+    def _merge(self, at_chunk: int) -> None:
+        """Fold a small (or empty) chunk into its neighbour so chunks stay few."""
+        key_chunks, fragment_chunks, maxes = self.key_chunks, self.fragment_chunks, self.maxes
+        if len(key_chunks) == 1:
+            if not key_chunks[0]:
+                key_chunks.clear()
+                fragment_chunks.clear()
+                maxes.clear()
+            return
+        into = at_chunk - 1 if at_chunk else 1
+        low, high = min(into, at_chunk), max(into, at_chunk)
+        key_chunks[low].extend(key_chunks.pop(high))
+        fragment_chunks[low].extend(fragment_chunks.pop(high))
+        del maxes[high]
+        maxes[low] = key_chunks[low][-1]
+        if len(key_chunks[low]) > CHUNK << 1:
+            self._split(low)
+
     def _prune(self) -> None:
-        excess = len(self.keys) - self.cap
-        del self.keys[:excess]
-        del self.fragments[:excess]
-        self.floor = self.keys[0]
+        """Drop the worst levels back to ``cap``; the floor moves in to the worst level kept."""
+        excess = self.count - self.cap
+        self.count = self.cap
+        key_chunks, fragment_chunks = self.key_chunks, self.fragment_chunks
+        while excess >= len(key_chunks[0]):
+            excess -= len(key_chunks.pop(0))
+            fragment_chunks.pop(0)
+            self.maxes.pop(0)
+        del key_chunks[0][:excess], fragment_chunks[0][:excess]
+        self.floor = key_chunks[0][0]
 
     def best_key(self) -> float | None:
-        return self.keys[-1] if self.keys else None
+        return self.maxes[-1] if self.maxes else None
+
+    def best_fragments(self, count: int) -> list[bytes]:
+        """The best ``count`` levels' fragments, best first."""
+        chosen: list[bytes] = []
+        for fragments in reversed(self.fragment_chunks):
+            if count <= 0:
+                break
+            chosen.extend(reversed(fragments[-count:]))
+            count -= len(fragments)
+        return chosen
+
+    def levels_from(self, key: float) -> tuple[int, bytes | None]:
+        """(how many levels have a key >= ``key``, the fragment whose key is ``key`` or None)."""
+        at_chunk = bisect_left(self.maxes, key)
+        if at_chunk == len(self.maxes):
+            return 0, None
+        keys = self.key_chunks[at_chunk]
+        at = bisect_left(keys, key)
+        later = sum(map(len, self.key_chunks[at_chunk + 1 :]))
+        tie = self.fragment_chunks[at_chunk][at] if keys[at] == key else None
+        return len(keys) - at + later, tie
+
+    @property
+    def fragments(self) -> list[bytes]:
+        """Every fragment, worst first (tests, audits; not the hot path)."""
+        return [fragment for chunk in self.fragment_chunks for fragment in chunk]
 
     def levels(self, count: int | None = None) -> list[tuple[str, str]]:
         """Best first: ``[(price, quantity), ...]`` (not the hot path)."""
-        chosen = self.fragments if count is None else self.fragments[-count:] if count else []
-        return [decode_fragment(f) for f in reversed(chosen)]
+        chosen = self.best_fragments(self.count if count is None else count)
+        return [decode_fragment(f) for f in chosen]
 
     def covers(self, price: str) -> bool:
         """Whether the side knows the truth at this price (inside its window)."""
@@ -218,8 +311,8 @@ class OrderBook:
         self.asks = BookSide(is_ask=True)
 
     def is_crossed(self) -> bool:
-        best_bid, best_ask = self.bids.best_key(), self.asks.best_key()
-        return best_bid is not None and best_ask is not None and best_bid >= -best_ask
+        bid_maxes, ask_maxes = self.bids.maxes, self.asks.maxes
+        return bool(bid_maxes and ask_maxes and bid_maxes[-1] >= -ask_maxes[-1])
 
     def __len__(self) -> int:
         return len(self.bids) + len(self.asks)

@@ -14,7 +14,6 @@ is two slices and two joins.
 from __future__ import annotations
 
 import functools
-from bisect import bisect_left
 from decimal import Context, Decimal
 from typing import Protocol
 
@@ -48,34 +47,28 @@ def spread_bounds(best_bid: str, best_ask: str, max_spread_pct: float) -> tuple[
     return ctx.multiply(mid, ctx.subtract(1, share)), ctx.multiply(mid, ctx.add(1, share))
 
 
-def _first_inside(side: BookSide, bound: Decimal) -> int:
-    """Index in ``side`` of its worst level that is still inside ``bound``."""
-    keys = side.keys
+def _inside(side: BookSide, bound: Decimal, depth: int) -> bytes:
+    """The JSON of the side's best ``depth`` levels that are inside ``bound``."""
     key = -float(bound) if side.is_ask else float(bound)
-    at = bisect_left(keys, key)
-    if at < len(keys) and keys[at] == key:
-        price = Decimal(price_of(side.fragments[at]))
+    count, tie = side.levels_from(key)
+    if tie is not None:
+        price = Decimal(price_of(tie))
         if (price > bound) if side.is_ask else (price < bound):
-            at += 1
-    return at
-
-
-def _side_json(side: BookSide, start: int, depth: int) -> bytes:
-    fragments = side.fragments
-    start = max(start, len(fragments) - depth)
-    return b",".join(reversed(fragments[start:]))
+            count -= 1
+    return b",".join(side.best_fragments(min(count, depth)))
 
 
 def book_json(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[bytes, bytes]:
     """The JSON bodies (without brackets) of the bids and asks arrays of the view."""
     bids, asks = book.bids, book.asks
-    bid_start = ask_start = 0
-    if bids.fragments and asks.fragments:
-        low, high = spread_bounds(
-            price_of(bids.fragments[-1]), price_of(asks.fragments[-1]), max_spread_pct
-        )
-        bid_start, ask_start = _first_inside(bids, low), _first_inside(asks, high)
-    return _side_json(bids, bid_start, depth), _side_json(asks, ask_start, depth)
+    if not (bids.count and asks.count):
+        return b",".join(bids.best_fragments(depth)), b",".join(asks.best_fragments(depth))
+    low, high = spread_bounds(
+        price_of(bids.fragment_chunks[-1][-1]),
+        price_of(asks.fragment_chunks[-1][-1]),
+        max_spread_pct,
+    )
+    return _inside(bids, low, depth), _inside(asks, high, depth)
 
 
 def render_view(sync: BookSync, settings: ViewSettings, seq: int, epoch: int) -> bytes:

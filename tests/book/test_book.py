@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from marketpipe.book import book as book_module
 from marketpipe.book.book import BadLevel, OrderBook, decode_fragment, encode_level
 
 
@@ -129,3 +132,65 @@ def test_a_complete_book_matches_a_dict_model(changes: list[tuple[str, str]]) ->
         else:
             model = {p: q for p, q in model.items() if float(p) != float(price)}
     assert b.bids.levels() == sorted(model.items(), key=lambda lv: -float(lv[0]))
+
+
+side_changes = st.lists(
+    st.lists(
+        st.tuples(
+            st.integers(1, 120).map(lambda t: f"{t / 4:.2f}"),
+            st.sampled_from(["0", "0.00000000", "1.5", "2", "0.00000001"]),
+        ),
+        max_size=12,
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    snapshot=st.dictionaries(st.integers(1, 120).map(lambda t: f"{t / 4:.2f}"), st.just("7")),
+    diffs=side_changes,
+    limit=st.sampled_from([None, 3, 10, 1000]),
+    chunk=st.sampled_from([1, 2, 3, 8]),
+    is_ask=st.booleans(),
+)
+def test_chunked_side_matches_a_dict_model_in_its_window(
+    snapshot: dict[str, str],
+    diffs: list[list[tuple[str, str]]],
+    limit: int | None,
+    chunk: int,
+    is_ask: bool,
+) -> None:
+    """Tiny chunks so that splits, merges and pruning happen all the time."""
+    best_first = (lambda p: float(p)) if is_ask else (lambda p: -float(p))
+    levels = sorted(snapshot.items(), key=lambda lv: best_first(lv[0]))
+    if limit is not None:
+        levels = levels[:limit]
+    with patch.object(book_module, "CHUNK", chunk):
+        b = book(levels, levels, limit)
+        side = b.asks if is_ask else b.bids
+        model = dict(levels)
+        for changes in diffs:
+            b.apply([], changes) if is_ask else b.apply(changes, [])
+            for price, quantity in changes:
+                if float(quantity):
+                    model[price] = quantity
+                else:
+                    model.pop(price, None)
+            expected = sorted(
+                ((p, q) for p, q in model.items() if side.covers(p)),
+                key=lambda lv: best_first(lv[0]),
+            )
+            assert side.levels() == expected
+            assert len(side) == len(expected)
+            cap = limit if limit is not None else max(len(levels), 1)
+            assert len(side) <= cap + cap // 4
+            assert all(0 < len(c) <= 2 * chunk for c in side.key_chunks)
+            assert side.maxes == [c[-1] for c in side.key_chunks]
+            assert [k for c in side.key_chunks for k in c] == sorted(
+                -float(p) if is_ask else float(p) for p, _ in expected
+            )
+            for rank, (price, _) in enumerate(expected, start=1):
+                key = -float(price) if is_ask else float(price)
+                count, tie = side.levels_from(key)
+                assert count == rank and tie is not None and decode_fragment(tie)[0] == price
