@@ -1,6 +1,7 @@
 """Benchmark b: the whole exchange (2000 pairs x 10 diffs/s) into one ``orderbook`` process.
 
     .venv/bin/python -m bench.bench_orderbook [--pairs 2000] [--rate 10] [--seconds 60]
+        [--no-baseline] [--profile FILE.svg|FILE.txt]
 
 One simulator process (``--pairs`` symbols, ``--rate`` diffs/s per pair, ``--levels`` a side), a
 1-node NATS server and Redis on loopback; the orderbook service with its defaults (publish interval
@@ -23,13 +24,20 @@ measured window starts once every book is live (``/readyz``), and the sync time 
    Lag: p50 beyond the throttle per tenth of the window (it must not grow). CPU share of each
    process from ``/proc/<pid>/stat`` (100 % = one core), the service's RSS at start and end.
 
-Prints figures and ratios against the baseline and the targets (<= 1 core, p99 <= 20 ms).
+Prints figures and ratios against the baseline and the targets (<= 1 core, p99 <= 20 ms), and
+the machine's load average over the window (the machine is shared: compare CPU per diff between
+runs, not absolute latencies of a loaded machine). ``--profile`` records the service with py-spy
+during the window (``.svg``: a flame graph; anything else: collapsed stacks for grepping).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +148,7 @@ async def run_service(
     pairs: list[str],
     seconds: float,
     logdir: Path,
+    profile: str | None,
 ) -> dict[str, Any]:
     samples = Samples()
     nc = await nats.connect(servers=cluster.urls, pending_size=512 * 1024 * 1024)
@@ -167,17 +176,21 @@ async def run_service(
         rss_start = rss_mb(pid)
         cpu_before = {"orderbook": cpu_seconds(pid), "simulator": cpu_seconds(sim.pid)}
         published_before, received_before = await counters(port)
+        profiler = start_profiler(pid, seconds, profile) if profile else None
         started = time.monotonic()
         samples.counting = True
         await asyncio.sleep(seconds)
         samples.counting = False
         elapsed = time.monotonic() - started
+        load = os.getloadavg()[0]
         published_after, received_after = await counters(port)
         cpu = {
             "orderbook": (cpu_seconds(pid) - cpu_before["orderbook"]) / elapsed,
             "simulator": (cpu_seconds(sim.pid) - cpu_before["simulator"]) / elapsed,
         }
         rss_end = rss_mb(pid)
+        if profiler is not None:
+            await asyncio.to_thread(profiler.wait, 30)
     finally:
         await nc.close()
         await asyncio.to_thread(process.stop)
@@ -188,7 +201,22 @@ async def run_service(
         "published_per_second": (published_after - published_before) / elapsed,
         "received_per_second": (received_after - received_before) / elapsed,
         "synced_after": synced_after,
+        "load": load,
     }
+
+
+def start_profiler(pid: int, seconds: float, out: str) -> subprocess.Popen[bytes]:
+    """py-spy on the service for the measured window (``.svg``: flame graph, else collapsed)."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        raise SystemExit("--profile needs py-spy on PATH")
+    form = "flamegraph" if out.endswith(".svg") else "raw"
+    argv = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200"]
+    return subprocess.Popen(
+        [*argv, "--format", form, "--output", out, "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def lag_by_tenth(samples: Samples, seconds: float) -> list[float]:
@@ -221,14 +249,18 @@ async def main(args: argparse.Namespace) -> None:
             f"{len(pairs)} pairs x {args.rate:g} diffs/s, {args.levels} levels a side, "
             f"{args.seconds:.0f} s measured per phase"
         )
-        baseline = await bare_client(sim, pairs, args.seconds)
-        base50, base99 = percentile(baseline, 0.5) * 1000, percentile(baseline, 0.99) * 1000
-        print("\nbaseline: bare client on the simulator's depth streams, E -> received")
-        print(
-            f"  {len(baseline) / args.seconds:9.0f} diffs/s   p50 {base50:6.1f} ms   "
-            f"p99 {base99:6.1f} ms"
+        base99 = float("nan")
+        if args.baseline:
+            baseline = await bare_client(sim, pairs, args.seconds)
+            base50, base99 = percentile(baseline, 0.5) * 1000, percentile(baseline, 0.99) * 1000
+            print("\nbaseline: bare client on the simulator's depth streams, E -> received")
+            print(
+                f"  {len(baseline) / args.seconds:9.0f} diffs/s   p50 {base50:6.1f} ms   "
+                f"p99 {base99:6.1f} ms"
+            )
+        result = await run_service(
+            sim, cluster, redis_server, pairs, args.seconds, logdir, args.profile
         )
-        result = await run_service(sim, cluster, redis_server, pairs, args.seconds, logdir)
         samples: Samples = result["samples"]
         beyond = [v for _, v in samples.beyond]
         b50, b99 = percentile(beyond, 0.5) * 1000, percentile(beyond, 0.99) * 1000
@@ -266,6 +298,9 @@ async def main(args: argparse.Namespace) -> None:
             f"of a core (received {received:.0f} diffs/s here)"
         )
         print(f"  RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB at end")
+        print(f"  load average (1 min) at the end of the window: {result['load']:.1f}")
+        if args.profile:
+            print(f"  profile: {args.profile}")
         print(f"\nlogs: {logdir}")
     finally:
         await asyncio.to_thread(sim.stop)
@@ -280,6 +315,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--levels", type=int, default=1000, help="simulated levels a side")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per phase")
     parser.add_argument("--logdir", default="/tmp/marketpipe-bench-orderbook")
+    parser.add_argument(
+        "--no-baseline", dest="baseline", action="store_false", help="skip the bare client"
+    )
+    parser.add_argument("--profile", help="py-spy output of the service (.svg or collapsed)")
     return parser.parse_args()
 
 
