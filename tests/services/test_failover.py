@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from feed_harness import Recorder, blocking, metric
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,6 +77,8 @@ class Pair:
     recorder: Recorder
     prefix: str  # the services' NATS subject prefix
     replicas: dict[str, Replica]
+    redis: aioredis.Redis
+    redis_prefix: str
 
     async def leader(self, within: float = 15) -> tuple[Replica, Replica]:
         """(leader, follower) once exactly one replica says it leads."""
@@ -130,6 +133,7 @@ async def replicas(
         snapshot_limit_others="1000",
     )
     started: dict[str, Replica] = {}
+    cache = aioredis.from_url(redis_server.url)
 
     async def start(name: str) -> None:
         (logdir / name).mkdir()
@@ -137,9 +141,10 @@ async def replicas(
 
     try:
         await asyncio.gather(start("a"), start("b"))
-        yield Pair(sim, etcd, recorder, prefix, started)
+        yield Pair(sim, etcd, recorder, prefix, started, cache, env["MARKETPIPE_REDIS_PREFIX"])
     finally:
         await recorder.close()
+        await cache.aclose()
         for replica in started.values():
             await blocking(replica.process.stop)
 
@@ -335,6 +340,8 @@ async def test_trades_kill_9_no_hole_no_duplicate(pair: Pair) -> None:
             ids = [m["t"] for m in got]
             assert len(ids) == len(set(ids)), f"{symbol}: duplicate trade ids"
             assert [trade_fields(m) for m in got] == want, f"{symbol}: trades lost"
+            cached = await pair.redis.lrange(f"{pair.redis_prefix}trades:{symbol}", 0, -1)
+            assert [trade_fields(orjson.loads(m)) for m in cached] == want[::-1][:10], symbol
     finally:
         await blocking(pair.sim.resume)
 
