@@ -114,7 +114,8 @@ class TradesService:
                     republished=len(step.publish),
                     fetch=step.fetch is not None,
                 )
-            self._apply(seq, step, live=False)
+            # kept trades, not recovered from REST: their latency sample includes the hand-over
+            self._apply(seq, step, live=True)
 
     async def _on_published(self, subject: str, data: bytes) -> None:
         symbol = subject.partition(".")[2]
