@@ -14,11 +14,14 @@ Readers (the gateway) ``await get_value(key)``, ``get_recent(key)``, ``hgetall(h
 Redis error they log, count and return an empty answer.
 
 How: every write lands in an in-memory mirror of last values (bounded by ``max_keys``) and marks
-its key dirty; one background task flushes the dirty keys in a pipeline every
-``flush_interval`` seconds (so a key written 1000 times between flushes costs one SET). On an
-error it counts ``marketpipe_redis_errors_total``, backs off and, once Redis answers again,
-rewrites everything from the mirror. Each flush also checks a per-writer sentinel key, so a
-Redis that came back empty (restart, FLUSHALL, eviction) is refilled without waiting for an error.
+its key dirty; one background task flushes the dirty keys every ``flush_interval`` seconds (so a
+key written 1000 times between flushes costs one SET: a key is written at most once per interval
+and its last value always lands). A flush is sent as pipelines of about
+:data:`PIPELINE_BYTES` each, so that thousands of 16 KB books never make one reply wait longer
+than the socket timeout, and the event loop gets a turn between them. On an error it counts
+``marketpipe_redis_errors_total``, backs off and, once Redis answers again, rewrites everything
+from the mirror. Each flush also checks a per-writer sentinel key, so a Redis that came back
+empty (restart, FLUSHALL, eviction) is refilled without waiting for an error.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from marketpipe.ops.metrics import REDIS_ERRORS, REDIS_PENDING_KEYS, REDIS_REFIL
 log = get_logger("marketpipe.transport.redis")
 
 RECENT_KEEP = 10
+# Bytes of values per pipeline: ~64 books of 16 KB, a few milliseconds of Redis work each.
+PIPELINE_BYTES = 1 << 20
 MARKETS_HASH = "markets"
 CACHE_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -226,29 +231,37 @@ class RedisCache:
         if self._refill_needed:
             await self._refill()
             return
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.exists(self._sentinel)
-        self._queue_pending(pipe)
-        results = await pipe.execute()
+        chunks = _Chunks(self._redis, transaction=False)
+        chunks.pipe.exists(self._sentinel)
+        self._queue_pending(chunks)
+        first, *rest = chunks.pipes
+        results = await first.execute()
         self._healthy = True
+        for pipe in rest:
+            await pipe.execute()
         if not results[0] and self._size:  # a reader-only user never plants the sentinel
             log.info("redis lost its data (restart or flush); refilling from memory")
             await self._refill()
 
-    def _queue_pending(self, pipe: Pipeline) -> None:
+    def _queue_pending(self, chunks: _Chunks) -> None:
+        # Built in one synchronous pass: writes made while the pipelines are sent are pending
+        # for the next flush.
         prefix = self.prefix
         for key in self._dirty_values:
-            pipe.set(prefix + key, self._values[key])
+            value = self._values[key]
+            chunks.take(len(value)).set(prefix + key, value)
         for key, items in self._new_items.items():
+            pipe = chunks.take(sum(map(len, items)))
             pipe.lpush(prefix + key, *items)
             pipe.ltrim(prefix + key, 0, (self._lists[key].maxlen or RECENT_KEEP) - 1)
         for name, fields in self._dirty_fields.items():
             if fields:
                 values = self._hashes[name]
+                pipe = chunks.take(sum(len(values[f]) for f in fields))
                 pipe.hset(prefix + name, mapping={f: values[f] for f in fields})
         for name, fields in self._deleted_fields.items():
             if fields:
-                pipe.hdel(prefix + name, *fields)
+                chunks.pipe.hdel(prefix + name, *fields)
         self._clear_pending()
 
     def _clear_pending(self) -> None:
@@ -259,23 +272,27 @@ class RedisCache:
 
     async def _refill(self) -> None:
         # Built in one synchronous pass so that no write can slip between the rebuild and the
-        # pending set (which would push a trade twice).
+        # pending set (which would push a trade twice). Each key's rebuild sits whole inside
+        # one transaction: readers never see a list or a hash half rebuilt.
         prefix = self.prefix
-        pipe = self._redis.pipeline(transaction=True)  # readers never see a list half rebuilt
+        chunks = _Chunks(self._redis, transaction=True)
         for key, value in self._values.items():
-            pipe.set(prefix + key, value)
+            chunks.take(len(value)).set(prefix + key, value)
         for key, items in self._lists.items():
+            pipe = chunks.take(sum(map(len, items)))
             pipe.delete(prefix + key)
             if items:
                 pipe.rpush(prefix + key, *items)
         for name, fields in self._hashes.items():
+            pipe = chunks.take(sum(map(len, fields.values())))
             pipe.delete(prefix + name)  # fields deleted while Redis was away go too
             if fields:
                 pipe.hset(prefix + name, mapping={f: v for f, v in fields.items()})
-        pipe.set(self._sentinel, b"1")
+        chunks.pipe.set(self._sentinel, b"1")  # last: only a complete refill plants it
         self._clear_pending()
-        self._refill_needed = True  # until the pipeline is known to have landed
-        await pipe.execute()
+        self._refill_needed = True  # until every pipeline is known to have landed
+        for pipe in chunks.pipes:
+            await pipe.execute()
         self._refill_needed = False
         self._healthy = True
         REDIS_REFILLS.inc()
@@ -309,3 +326,23 @@ class RedisCache:
                 continue
             backoff = self._flush_interval
             await asyncio.sleep(self._flush_interval)
+
+
+class _Chunks:
+    """Pipelines of about :data:`PIPELINE_BYTES` each, filled in order."""
+
+    def __init__(self, redis: aioredis.Redis, transaction: bool) -> None:
+        self._redis = redis
+        self._transaction = transaction
+        self.pipe: Pipeline = redis.pipeline(transaction=transaction)
+        self.pipes = [self.pipe]
+        self._bytes = 0
+
+    def take(self, size: int) -> Pipeline:
+        """The pipeline for the next command of ``size`` bytes (a new one when this one is full)."""
+        if self._bytes and self._bytes + size > PIPELINE_BYTES:
+            self.pipe = self._redis.pipeline(transaction=self._transaction)
+            self.pipes.append(self.pipe)
+            self._bytes = 0
+        self._bytes += size
+        return self.pipe

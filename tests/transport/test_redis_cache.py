@@ -115,6 +115,34 @@ async def test_data_lost_without_an_error_is_refilled(fresh_redis: RedisServer) 
         await cache.close()
 
 
+async def test_big_flushes_and_refills_go_out_in_several_pipelines_and_all_land(
+    fresh_redis: RedisServer,
+) -> None:
+    books = {f"S{i}": bytes([65 + i % 26]) * 16_000 for i in range(300)}  # ~5 pipelines
+    cache = RedisCache(fresh_redis.url, writer="t8")
+    await cache.start()
+    raw = aioredis.from_url(fresh_redis.url)
+    try:
+        await _eventually(lambda: cache.healthy)
+        for symbol, book in books.items():
+            cache.set_value(orderbook_key(symbol), book)
+        cache.hset_many(MARKETS_HASH, {s: b[:100] for s, b in books.items()})
+
+        async def all_there() -> bool:
+            values = await raw.mget([f"marketpipe:orderbook:{s}" for s in books])
+            return values == list(books.values()) and await raw.hlen("marketpipe:markets") == 300
+
+        await _eventually(all_there)
+        await raw.flushall()
+        cache.set_value(orderbook_key("S0"), b"newer")  # notices the loss and refills
+        books["S0"] = b"newer"
+        await _eventually(all_there)
+        assert await raw.exists("marketpipe:writers:t8")
+    finally:
+        await raw.aclose()
+        await cache.close()
+
+
 async def test_pending_writes_are_flushed_on_close(
     redis_server: RedisServer, raw: aioredis.Redis
 ) -> None:
