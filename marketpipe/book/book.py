@@ -20,6 +20,11 @@ are ignored, because the book never knew that region. A side also holds at most 
 (the snapshot limit): when inserts push it past ``cap + cap // 4``, the worst levels are dropped
 back to ``cap`` and the floor moves in to the worst level kept. The book is therefore the true book
 restricted to ``[floor, best]`` on each side, and memory is bounded.
+
+The exchange's diffs only report changes within the top ``DIFF_HORIZON`` levels of a side, so the
+window must stay inside them: after a diff a side holds fewer than ``DIFF_HORIZON`` levels (more,
+and the deepest could change unseen; exactly that many on a complete side, and a new level just
+beyond would go unseen). ``cap`` and its margin are clipped to fit.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ _SHORT_PRICE = MAX_EXACT_DIGITS + 1
 # Levels per chunk of a side (a chunk holds CHUNK/4 .. 2*CHUNK): a change deep in a 5000-level
 # book moves at most a chunk, not the whole side, and the bisect reads contiguous doubles.
 CHUNK = 256
+# Diffs report changes within the top 5000 levels of a side only (the simulator does exactly this;
+# 5000 is also the deepest snapshot): a window must end above that.
+DIFF_HORIZON = 5000
 
 
 class BadLevel(ValueError):
@@ -117,7 +125,16 @@ class BookSide:
     """One side, best level last: ``chunks`` of ascending keys (``array('d')``) and the parallel
     chunks of ``fragments``; ``maxes`` holds each key chunk's last (best) key."""
 
-    __slots__ = ("cap", "count", "floor", "fragment_chunks", "is_ask", "key_chunks", "maxes")
+    __slots__ = (
+        "cap",
+        "count",
+        "floor",
+        "fragment_chunks",
+        "is_ask",
+        "key_chunks",
+        "maxes",
+        "most",
+    )
 
     def __init__(self, is_ask: bool) -> None:
         self.is_ask = is_ask
@@ -127,6 +144,7 @@ class BookSide:
         self.count = 0
         self.floor = -INF
         self.cap = 0
+        self.most = 0  # more levels than this after a diff: prune back to cap
 
     def __len__(self) -> int:
         return self.count
@@ -147,9 +165,12 @@ class BookSide:
         self.fragment_chunks = [[merged[k] for k in chunk] for chunk in self.key_chunks]
         self.maxes = [chunk[-1] for chunk in self.key_chunks]
         self.count = received = len(keys)
-        truncated = received > 0 and (limit is None or received >= limit)
+        # the exchange never sends more than DIFF_HORIZON levels, whatever the limit asked for
+        truncated = received > 0 and (limit is None or received >= min(limit, DIFF_HORIZON))
         self.floor = keys[0] if truncated else -INF
-        self.cap = limit if limit is not None else max(received, 1)
+        within = DIFF_HORIZON - 1
+        self.cap = min(limit if limit is not None else max(received, 1), within)
+        self.most = min(self.cap + (self.cap >> 2), within)
 
     def apply(self, levels: Sequence[Sequence[str]], numbers: Numbers) -> None:
         """Set the levels of a diff (``numbers``: from :func:`checked_numbers`)."""
@@ -194,7 +215,7 @@ class BookSide:
                 if len(keys) > CHUNK << 1:
                     self._split(at_chunk)
         self.count = count
-        if count > self.cap + (self.cap >> 2):
+        if count > self.most:
             self._prune()
 
     def _start(self, key: float, fragment: bytes) -> None:
@@ -303,8 +324,10 @@ class OrderBook:
     def apply(self, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> None:
         """Set (not add) each level's quantity; a zero quantity removes the level."""
         bid_numbers, ask_numbers = checked_numbers(bids, asks)
-        self.bids.apply(bids, bid_numbers)
-        self.asks.apply(asks, ask_numbers)
+        if bids:  # diffs are often one-sided
+            self.bids.apply(bids, bid_numbers)
+        if asks:
+            self.asks.apply(asks, ask_numbers)
 
     def clear(self) -> None:
         self.bids = BookSide(is_ask=False)

@@ -155,6 +155,13 @@ class BookSync:
         """The diff stream was lost: whatever comes next may have a gap."""
         return self._reset("disconnect", "stream disconnected")
 
+    def on_window_lost(self) -> Sequence[Action]:
+        """The view needs levels beyond the book's window (``render_view`` gave None): the market
+        walked away from the snapshot. Start again from a new snapshot rather than publish less."""
+        if self.state is not BookState.LIVE:
+            return ()
+        return self._reset("window", "the view reaches beyond the book's window")
+
     def _drain(self) -> tuple[Action, ...] | None:
         """Apply buffered diffs to the live book (None: nothing applied)."""
         buffer = self._buffer

@@ -9,6 +9,11 @@ exactly. A book with an empty side has no mid: its view is the best ``Depth`` le
 
 Levels are the book's pre-encoded fragments (the exchange's strings, byte-identical), so a view
 is two slices and two joins.
+
+A side is only known down to its window's floor (``book.py``). When the market has walked away
+from the snapshot, the view may need levels beyond the floor that the book has never seen: then
+there is no view (None), rather than a short one that looks complete. A side's view is known when
+it has ``Depth`` levels inside the bound, or its window reaches the bound.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Protocol
 
 import orjson
 
-from marketpipe.book.book import BookSide, OrderBook, price_of
+from marketpipe.book.book import INF, BookSide, OrderBook, price_of
 from marketpipe.book.sync import BookSync
 
 # Prices have at most 15 digits and percentages are short: 40 digits keep every bound exact.
@@ -47,33 +52,54 @@ def spread_bounds(best_bid: str, best_ask: str, max_spread_pct: float) -> tuple[
     return ctx.multiply(mid, ctx.subtract(1, share)), ctx.multiply(mid, ctx.add(1, share))
 
 
-def _inside(side: BookSide, bound: Decimal, depth: int) -> bytes:
-    """The JSON of the side's best ``depth`` levels that are inside ``bound``."""
+def _inside(side: BookSide, bound: Decimal, depth: int) -> bytes | None:
+    """The JSON of the side's best ``depth`` levels that are inside ``bound`` (None: unknown)."""
     key = -float(bound) if side.is_ask else float(bound)
     count, tie = side.levels_from(key)
+    reaches = side.floor < key  # the window goes past the bound
     if tie is not None:
         price = Decimal(price_of(tie))
         if (price > bound) if side.is_ask else (price < bound):
             count -= 1
+        # the tie is the floor level itself: the window reaches the bound if the level does
+        reaches = reaches or (
+            side.floor == key and (price >= bound if side.is_ask else price <= bound)
+        )
+    if count < depth and not reaches:
+        return None
     return b",".join(side.best_fragments(min(count, depth)))
 
 
-def book_json(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[bytes, bytes]:
-    """The JSON bodies (without brackets) of the bids and asks arrays of the view."""
+def _best(side: BookSide, depth: int) -> bytes | None:
+    """The JSON of the side's best ``depth`` levels, unfiltered (None: unknown)."""
+    if side.count < depth and side.floor != -INF:
+        return None
+    return b",".join(side.best_fragments(depth))
+
+
+def book_json(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[bytes, bytes] | None:
+    """The JSON bodies (without brackets) of the bids and asks arrays of the view; None when the
+    book's window no longer covers it (the caller resyncs the book)."""
     bids, asks = book.bids, book.asks
     if not (bids.count and asks.count):
-        return b",".join(bids.best_fragments(depth)), b",".join(asks.best_fragments(depth))
+        bid_json, ask_json = _best(bids, depth), _best(asks, depth)
+        return None if bid_json is None or ask_json is None else (bid_json, ask_json)
     low, high = spread_bounds(
         price_of(bids.fragment_chunks[-1][-1]),
         price_of(asks.fragment_chunks[-1][-1]),
         max_spread_pct,
     )
-    return _inside(bids, low, depth), _inside(asks, high, depth)
+    bid_json, ask_json = _inside(bids, low, depth), _inside(asks, high, depth)
+    return None if bid_json is None or ask_json is None else (bid_json, ask_json)
 
 
-def render_view(sync: BookSync, settings: ViewSettings, seq: int, epoch: int) -> bytes:
-    """The ``orderbook.<SYMBOL>`` message of a live book (the caller checks it is live)."""
-    bids, asks = book_json(sync.book, settings.max_spread_pct, settings.depth)
+def render_view(sync: BookSync, settings: ViewSettings, seq: int, epoch: int) -> bytes | None:
+    """The ``orderbook.<SYMBOL>`` message of a live book (the caller checks it is live); None
+    when the book's window no longer covers the view (``BookSync.on_window_lost``)."""
+    sides = book_json(sync.book, settings.max_spread_pct, settings.depth)
+    if sides is None:
+        return None
+    bids, asks = sides
     return b'{"symbol":%s,"lastUpdateId":%d,"E":%d,"seq":%d,"epoch":%d,"bids":[%s],"asks":[%s]}' % (
         orjson.dumps(sync.symbol),
         sync.last_update_id,

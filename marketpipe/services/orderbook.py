@@ -73,6 +73,7 @@ STATUS_REPUBLISH_SECONDS = 10.0
 # snapshot queue busy, few enough that their buffers stay small.
 ADMISSION_WINDOW = 32
 ADMISSION_TICK_SECONDS = 0.25
+DEEPEST_SNAPSHOT = 5000  # the exchange's limit; deeper requests get this many levels
 
 
 def _decode(raw: bytes) -> MarketEvent:
@@ -218,6 +219,10 @@ class OrderbookService:
     def _request_snapshot(self, symbol: str, resync: bool) -> None:
         priority = symbol in self.priority
         limit = self.planner.priority_limit if priority else self.planner.other_limit
+        # A view of Depth levels needs a deeper window, or the first levels to go at the top
+        # leave it short (and the book resyncs again and again): twice Depth, as 500 for 250.
+        depth = self.book_settings.settings_for(symbol).depth
+        limit = min(DEEPEST_SNAPSHOT, max(limit, 2 * depth))
         # The book must not believe a snapshot deeper than it is (it would take a cut-off side
         # for a complete one): remember the smallest limit asked for until the answer comes.
         self._asked_limit[symbol] = min(limit, self._asked_limit.get(symbol, limit))
@@ -326,6 +331,9 @@ class OrderbookService:
         payload = render_view(
             sync, self.book_settings.settings_for(symbol), seq=seq, epoch=self.ctx.epoch
         )
+        if payload is None:  # the market walked beyond the book's window: never publish it short
+            self._act(symbol, sync, sync.on_window_lost())
+            return
         self.throttle.sent(symbol, time.monotonic())
         try:
             sent = await self.ctx.publish(f"orderbook.{symbol}", payload)

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketpipe.book import book as book_module
-from marketpipe.book.book import BadLevel, OrderBook, decode_fragment, encode_level
+from marketpipe.book.book import (
+    INF,
+    BadLevel,
+    OrderBook,
+    checked_numbers,
+    decode_fragment,
+    encode_level,
+)
 
 
 def book(bids=(), asks=(), limit: int | None = 1000) -> OrderBook:
@@ -194,3 +201,31 @@ def test_chunked_side_matches_a_dict_model_in_its_window(
                 key = -float(price) if is_ask else float(price)
                 count, tie = side.levels_from(key)
                 assert count == rank and tie is not None and decode_fragment(tie)[0] == price
+
+
+decimal_strings = st.one_of(
+    st.builds(
+        "{}.{:08d}".format, st.integers(0, 10**9), st.integers(0, 10**8 - 1)
+    ),  # the exchange's own spelling
+    st.from_regex(r"[0-9]{1,25}(\.[0-9]{1,25})?", fullmatch=True),
+    st.floats(min_value=0, allow_nan=False, allow_infinity=False).map(repr),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(decimal_strings, decimal_strings), max_size=20))
+def test_checked_numbers_are_exactly_float_of_the_strings(levels: list[tuple[str, str]]) -> None:
+    """One C-level conversion stands in for float() on every price and quantity: same values."""
+    valid = [(p, q) for p, q in levels if float(p) > 0 and float(p) < INF and float(q) < INF]
+    bids, asks = checked_numbers(valid, valid[::-1])
+    assert bids == [(float(p), float(q)) for p, q in valid]
+    assert asks == [(float(p), float(q)) for p, q in valid[::-1]]
+
+
+@pytest.mark.parametrize("spelling", [" 1", "1.", ".5", "+1", "1_0", "1e2", "01"])
+def test_spellings_float_takes_are_still_taken(spelling: str) -> None:
+    """JSON's number grammar is narrower than float()'s: the slow path keeps float()'s rules."""
+    assert checked_numbers([("10", spelling)], [(spelling, "1")]) == (
+        [(10.0, float(spelling))],
+        [(float(spelling), 1.0)],
+    )
