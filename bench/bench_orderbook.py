@@ -48,7 +48,7 @@ import nats
 import orjson
 
 from bench.bench_feeds import cpu_seconds
-from marketpipe.infra.local import NatsCluster, RedisServer
+from marketpipe.infra.local import NatsCluster, Process, RedisServer
 from marketpipe.infra.services import service_env, service_port, start_service
 from marketpipe.infra.simulator import SimulatorProcess
 
@@ -174,7 +174,13 @@ async def run_service(
     try:
         await asyncio.sleep(3)
         rss_start = rss_mb(pid)
-        cpu_before = {"orderbook": cpu_seconds(pid), "simulator": cpu_seconds(sim.pid)}
+        pids = {
+            "orderbook": pid,
+            "simulator": sim.pid,
+            "nats": server_pid(cluster.nodes[0]),
+            "redis": server_pid(redis_server.process),
+        }
+        cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
         published_before, received_before = await counters(port)
         profiler = start_profiler(pid, seconds, profile) if profile else None
         started = time.monotonic()
@@ -184,10 +190,7 @@ async def run_service(
         elapsed = time.monotonic() - started
         load = os.getloadavg()[0]
         published_after, received_after = await counters(port)
-        cpu = {
-            "orderbook": (cpu_seconds(pid) - cpu_before["orderbook"]) / elapsed,
-            "simulator": (cpu_seconds(sim.pid) - cpu_before["simulator"]) / elapsed,
-        }
+        cpu = {name: (cpu_seconds(p) - cpu_before[name]) / elapsed for name, p in pids.items()}
         rss_end = rss_mb(pid)
         if profiler is not None:
             await asyncio.to_thread(profiler.wait, 30)
@@ -203,6 +206,11 @@ async def run_service(
         "synced_after": synced_after,
         "load": load,
     }
+
+
+def server_pid(process: Process | None) -> int:
+    assert process is not None and process.proc is not None
+    return process.proc.pid
 
 
 def start_profiler(pid: int, seconds: float, out: str) -> subprocess.Popen[bytes]:
@@ -287,7 +295,8 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"  CPU: orderbook {cpu['orderbook']:.0%} of a core "
             f"(target <= 100%: {'met' if cpu['orderbook'] <= 1 else 'MISSED'}), "
-            f"simulator {cpu['simulator']:.0%}"
+            f"simulator {cpu['simulator']:.0%}, nats-server {cpu['nats']:.0%}, "
+            f"redis-server {cpu['redis']:.0%}"
         )
         received = result["received_per_second"]
         per_diff = cpu["orderbook"] / received * 1e6 if received else float("nan")
@@ -297,6 +306,9 @@ async def main(args: argparse.Namespace) -> None:
             f"{per_diff:.0f} us; at {target:.0f} diffs/s that is {per_diff * target / 1e6:.0%} "
             f"of a core (received {received:.0f} diffs/s here)"
         )
+        published = result["published_per_second"]
+        per_book = cpu["orderbook"] / published * 1e6 if published else float("nan")
+        print(f"  CPU per book published (all of the service's CPU / books): {per_book:.0f} us")
         print(f"  RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB at end")
         print(f"  load average (1 min) at the end of the window: {result['load']:.1f}")
         if args.profile:
