@@ -1,12 +1,17 @@
 """An exact price-level order book: the exchange's strings in, the same bytes out.
 
-Structure (chosen by measurement, ``bench/bench_engine.py``): each side is two parallel Python
-lists sorted by a float key with the **best level at the end**, ``keys`` and ``fragments``. The key
-is ``float(price)`` for bids and ``-float(price)`` for asks, so both sides ascend towards the best
-price and share one code path. A fragment is the level's JSON, pre-encoded once when the level is
-set (``b'["61234.01000000","0.51200000"]'``), so publishing a view is a slice and a join, and the
-strings are byte-identical to the exchange's. Most changes land near the top, i.e. near the end of
-the lists, where inserting and deleting move few pointers.
+Structure (chosen by measurement, ``bench/bench_engine.py``): each side is ordered by a float key
+with the **best level last**: the key is ``float(price)`` for bids and ``-float(price)`` for asks,
+so both sides ascend towards the best price and share one code path. A side is split into chunks
+of about ``CHUNK`` levels: ``key_chunks`` (``array('d')``, contiguous doubles) and the parallel
+``fragment_chunks``, plus ``maxes`` (each chunk's best key). A fragment is the level's JSON,
+pre-encoded once when the level is set (``b'["61234.01000000","0.51200000"]'``), so publishing a
+view is a slice and a join, and the strings are byte-identical to the exchange's. A change finds
+its chunk by bisecting ``maxes`` and its place by bisecting the chunk; an insert or delete moves
+at most a chunk, wherever it lands in a 5000-level side.
+
+A diff's numbers are checked and converted in one C-level pass (:func:`checked_numbers`), not by
+``float()`` per level.
 
 Keys are exact: ``float()`` is correctly rounded and monotonic, and distinct decimals of at most
 15 significant digits never share a float (Binance prices have at most 7 + 8 digits). A longer
@@ -42,8 +47,7 @@ INF = float("inf")
 MAX_EXACT_DIGITS = 15
 # A price of at most 16 characters has at most 15 digits: the common case needs no counting.
 _SHORT_PRICE = MAX_EXACT_DIGITS + 1
-# Levels per chunk of a side (a chunk holds CHUNK/4 .. 2*CHUNK): a change deep in a 5000-level
-# book moves at most a chunk, not the whole side, and the bisect reads contiguous doubles.
+# Levels per chunk: a chunk is split past 2 * CHUNK and merged into a neighbour at CHUNK / 4.
 CHUNK = 256
 # Diffs report changes within the top 5000 levels of a side only (the simulator does exactly this;
 # 5000 is also the deepest snapshot): a window must end above that.
