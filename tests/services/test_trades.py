@@ -46,6 +46,7 @@ class Driver:
         self.up = True
         self.skipped = 0
         self.rejected = 0
+        self.delivered = 0  # the newest id the stream has carried
 
     def apply(self, step: Step[int]) -> None:
         self.published.extend(step.publish)
@@ -57,10 +58,13 @@ class Driver:
     def trade(self) -> None:
         self.exchange.made += 1
         if self.up:
+            self.delivered = self.exchange.made
             self.apply(self.seq.on_live(self.exchange.made, self.exchange.made))
 
     def redeliver(self, back: int) -> None:
-        trade_id = self.exchange.made - back
+        # A stream repeats what it (or the connection it replaced) already carried; it never
+        # carries, after a reconnect, a trade older than ones it did not carry.
+        trade_id = self.delivered - back
         if self.up and trade_id >= 1:
             self.apply(self.seq.on_live(trade_id, trade_id))
 
