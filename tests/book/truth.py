@@ -6,7 +6,9 @@ with two decimals and quantities in a few exchange-like spellings, so exact stri
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from decimal import Decimal
 
 from hypothesis import strategies as st
 
@@ -17,6 +19,20 @@ QUANTITIES = ("0.50000000", "1.25", "3", "0.00000001", "12.10000000")
 ZEROS = ("0.00000000", "0", "0.0")
 
 Side = dict[str, str]  # price -> quantity
+Levels = list[list[str]]
+
+
+def true_view(bids: Levels, asks: Levels, pct: float, depth: int) -> tuple[Levels, Levels]:
+    """DESIGN §5 written independently of the service (sides best first): Decimal mid, inclusive
+    bounds, then the best ``depth`` levels."""
+    if not bids or not asks:
+        return bids[:depth], asks[:depth]
+    mid = (Decimal(bids[0][0]) + Decimal(asks[0][0])) / 2
+    share = Decimal(repr(pct)) / 100
+    low, high = mid * (1 - share), mid * (1 + share)
+    inside_bids = itertools.takewhile(lambda level: Decimal(level[0]) >= low, bids)
+    inside_asks = itertools.takewhile(lambda level: Decimal(level[0]) <= high, asks)
+    return list(itertools.islice(inside_bids, depth)), list(itertools.islice(inside_asks, depth))
 
 
 def price(tick: int) -> str:
