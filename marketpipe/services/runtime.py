@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -45,6 +46,7 @@ from marketpipe.transport.redis_cache import RECENT_KEEP, RedisCache
 log = get_logger("marketpipe.services.runtime")
 
 SHUTDOWN_SECONDS = 9.0
+CACHE_FLUSH_SECONDS = 0.05
 
 
 class Service(Protocol):
@@ -69,6 +71,7 @@ class ServiceContext:
         *,
         use_redis: bool = True,
         elect: bool = True,
+        cache_flush_seconds: float = CACHE_FLUSH_SECONDS,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -77,7 +80,12 @@ class ServiceContext:
             settings.nats_urls, settings.subject_prefix, name=name, drain_seconds=2.0
         )
         self.cache: RedisCache | None = (
-            RedisCache(settings.redis_url, settings.redis_prefix, writer=name)
+            RedisCache(
+                settings.redis_url,
+                settings.redis_prefix,
+                writer=name,
+                flush_interval=cache_flush_seconds,
+            )
             if use_redis
             else None
         )
@@ -145,10 +153,23 @@ def run_service(
     *,
     use_redis: bool = True,
     elect: bool = True,
+    cache_flush_seconds: float = CACHE_FLUSH_SECONDS,
 ) -> int:
-    """Run a service until SIGTERM/SIGINT; returns the process exit code."""
+    """Run a service until SIGTERM/SIGINT; returns the process exit code.
+
+    ``cache_flush_seconds``: how often the Redis cache writes what changed (a key is written at
+    most once per period, and its last value always lands).
+    """
+    make_context = functools.partial(
+        ServiceContext,
+        name,
+        settings,
+        use_redis=use_redis,
+        elect=elect,
+        cache_flush_seconds=cache_flush_seconds,
+    )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(name, int(args.port), settings, factory, use_redis, elect))
+        return runner.run(_serve(name, int(args.port), settings, factory, make_context))
 
 
 async def _serve(
@@ -156,10 +177,9 @@ async def _serve(
     port: int,
     settings: Settings,
     factory: ServiceFactory,
-    use_redis: bool,
-    elect: bool,
+    make_context: Callable[[], ServiceContext],
 ) -> int:
-    ctx = ServiceContext(name, settings, use_redis=use_redis, elect=elect)
+    ctx = make_context()  # inside the loop: it creates asyncio and aiohttp objects
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.request_stop)
