@@ -1,4 +1,5 @@
-"""Benchmark a: the order book engine on a recorded stream of Binance combined diff frames.
+"""Benchmark a: the order book engine on a recorded stream of Binance combined diff frames
+(recorded once from the simulator's market model, ``bench/engine/stream.py``).
 
     .venv/bin/python -m bench.bench_engine [--frames 200000] [--repeat 3] [--no-cryptofeed]
 
