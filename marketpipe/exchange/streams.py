@@ -86,7 +86,7 @@ class StreamHub:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._closers: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
-        self._kind_counters: dict[str, Any] = {}
+        self._counters: dict[str, Any] = {}  # stream name -> its kind's labelled counter
 
     # What the consumer wants.
     def set_streams(self, streams: Iterable[str]) -> None:
@@ -229,10 +229,9 @@ class StreamHub:
 
     def _deliver(self, link_id: int, name: str, raw: bytes, now: float) -> None:
         self.plan.on_frame(link_id, name, now)
-        kind = stream_kind(name)
-        counter = self._kind_counters.get(kind)
-        if counter is None:
-            counter = self._kind_counters[kind] = EXCHANGE_MESSAGES.labels(stream=kind)
+        counter = self._counters.get(name)
+        if counter is None:  # once per stream: the label is its kind, resolved once
+            counter = self._counters[name] = EXCHANGE_MESSAGES.labels(stream=stream_kind(name))
         counter.inc()
         try:
             self._on_frame(raw)
