@@ -30,8 +30,19 @@ BID = 0
 ASK = 1
 
 
-_LEVEL = '["%d.%08d","%d.%08d"]'
 _DIFF = '{"e":"depthUpdate","E":%d,"s":"%s","U":%d,"u":%d,"b":[%s],"a":[%s]}'
+_TRADE = '{"e":"trade","E":%d,"s":"%s","t":%d,"p":"%s","q":"%s","T":%d,"m":%s,"M":true}'
+_AGG_TRADE = (
+    '{"e":"aggTrade","E":%d,"s":"%s","a":%d,"p":"%s","q":"%s","f":%d,"l":%d,"T":%d,"m":%s,"M":true}'
+)
+_BOOK_TICKER = '{"u":%d,"s":"%s","b":"%s","B":"%s","a":"%s","A":"%s"}'
+_JSON_BOOL = ("false", "true")
+# Diff level fragments cached per symbol (prices near the top and lot-table quantities recur);
+# a full cache is emptied, which bounds memory at a few tens of kB a symbol.
+TEXT_CACHE = 512
+MOVE_BITS = 14  # the shared table of moves has 2**14 entries
+IMPROVE = 2  # a move's action (0..15): below this, a new best price inside the spread
+AMEND = 7  # from this, amend an existing level; from IMPROVE up to here, cancel it
 
 
 def fmt(units: int) -> str:
@@ -131,24 +142,26 @@ class Tables:
 
     levels: int  # target levels per side
     span: int  # ticks from the top within which a side's levels live
-    distance: tuple[int, ...]  # ticks from the top, 1024 entries
+    moves: tuple[tuple[int, int, int], ...]  # (ticks from the top, action, lots), 2**MOVE_BITS
     lots: tuple[int, ...]  # quantity multipliers, 1024 entries
-    changes: tuple[int, ...]  # level changes per step, 256 entries
+    changes: tuple[int, ...]  # moves per side per step, 256 entries
 
     @classmethod
     def build(cls, levels: int) -> Tables:
         rng = random.Random(levels)
-        span = max(4, levels * 3 // 2)  # equilibrium density is ~2/3 (see _change)
-        near = [min(span - 1, int(rng.expovariate(1 / 12))) for _ in range(640)]
-        far = [rng.randrange(span) for _ in range(384)]
+        span = max(4, levels * 3 // 2)  # equilibrium density is ~2/3 (see _moves)
+        lots = [max(1, int(10 ** rng.uniform(0, 3))) for _ in range(1024)]
+        size = 1 << MOVE_BITS
+        near = [min(span - 1, int(rng.expovariate(1 / 12))) for _ in range(size * 5 // 8)]
+        far = [rng.randrange(span) for _ in range(size - len(near))]
         distance = near + far
         rng.shuffle(distance)
-        lots = [max(1, int(10 ** rng.uniform(0, 3))) for _ in range(1024)]
-        changes = [min(60, 1 + int(rng.expovariate(1 / 7))) for _ in range(256)]
-        return cls(levels, span, tuple(distance), tuple(lots), tuple(changes))
+        moves = tuple((d, rng.getrandbits(4), rng.choice(lots)) for d in distance)
+        changes = [min(30, 1 + int(rng.expovariate(1 / 2.9))) for _ in range(256)]
+        return cls(levels, span, moves, tuple(lots), tuple(changes))
 
 
-@dataclass
+@dataclass(slots=True)
 class Trade:
     id: int
     price: int
@@ -202,53 +215,132 @@ class TradeLog:
         return iter(self.last(len(self)))
 
 
-@dataclass
+@dataclass(slots=True)
 class Diff:
-    """Changes ``first_id..last_id``: ``levels`` maps ``tick << 1 | side`` to the final
-    quantity in steps (0: removed), each changed price once."""
+    """Changes ``first_id..last_id``: per side, position -> final quantity in steps (0: removed),
+    each changed price once. A position is the tick for asks and minus the tick for bids (see
+    ``SideBook``)."""
 
     first_id: int
     last_id: int
-    levels: dict[int, int]
+    bids: dict[int, int]
+    asks: dict[int, int]
+
+    def merge(self, later: Diff) -> None:
+        """Fold in the next diff (the 1000 ms stream sends a second's changes as one)."""
+        self.last_id = later.last_id
+        self.bids.update(later.bids)
+        self.asks.update(later.asks)
+
+    def __len__(self) -> int:
+        return len(self.bids) + len(self.asks)
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     diff: Diff | None
     trades: list[Trade]
     top_changed: bool
 
 
-@dataclass(frozen=True)
-class FrozenBook:
-    update_id: int
-    qty: array[int]  # quantities from ``first`` (the deepest bid) to the deepest ask
-    first: int
-    best_bid: int
-    best_ask: int
-    tick: int
-    step: int
+class SideBook:
+    """One side of a book, seen from the spread outwards: a level's position ``u`` is its tick
+    for asks and minus its tick for bids, so on both sides the best level is the smallest
+    position and one code path serves both. Quantities (in lot steps, 0 = no level) live in a
+    flat array indexed by ``u - base``; the window is moved when the best nears either end."""
 
-    def levels(self, side: int, limit: int | None = None) -> list[list[str]]:
-        q = self.qty
-        if side == BID:
-            idx: range = range(self.best_bid - self.first, -1, -1)
+    __slots__ = ("base", "best", "centre", "count", "deep", "length", "qty")
+
+    def __init__(self, best: int, span: int) -> None:
+        self.centre = span // 4 + 64  # where recentring puts the best level
+        self.length = span + 2 * self.centre  # room for every level within span of the best
+        self.base = best - self.centre
+        self.qty = array("i", bytes(4 * self.length))
+        self.best = best
+        self.deep = best
+        self.count = 0
+
+    def top(self) -> tuple[int, int]:
+        return self.best, self.qty[self.best - self.base]
+
+    def rank(self, u: int) -> int:
+        """1-based position of ``u`` from the best (counting existing levels, and ``u``)."""
+        segment = self.qty[self.best - self.base : u - self.base + 1]
+        return len(segment) - segment.count(0) + (0 if segment and segment[-1] else 1)
+
+    def remove_deepest(self, changes: dict[int, int]) -> None:
+        q, base, deep = self.qty, self.base, self.deep
+        q[deep - base] = 0
+        changes[deep] = 0
+        self.count -= 1
+        i = deep - base - 1
+        while not q[i]:
+            i -= 1
+        self.deep = i + base
+
+    def trim(self, limit: int, changes: dict[int, int]) -> int:
+        """Cancel the deepest levels beyond ``limit`` (keeps memory bounded); returns how many."""
+        made = 0
+        while self.count > limit:
+            self.remove_deepest(changes)
+            made += 1
+        return made
+
+    def recentre(self, changes: dict[int, int]) -> int:
+        """Put the best back at ``centre`` if it drifted too near an end; returns the levels
+        that fell off the deep end (reported as removed)."""
+        offset = self.best - self.base
+        if self.centre // 2 <= offset <= self.centre * 3 // 2:
+            return 0
+        new_base = self.best - self.centre
+        removed = 0
+        while self.deep - new_base >= self.length:
+            self.remove_deepest(changes)
+            removed += 1
+        shift = new_base - self.base
+        fresh = array("i", bytes(4 * self.length))
+        if shift >= 0:
+            fresh[: self.length - shift] = self.qty[shift:]
         else:
-            idx = range(self.best_ask - self.first, len(q))
+            fresh[-shift:] = self.qty[: self.length + shift]
+        self.qty = fresh
+        self.base = new_base
+        return removed
+
+    def copy(self) -> SideBook:
+        other = SideBook.__new__(SideBook)
+        for name in SideBook.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.qty = self.qty[self.best - self.base : self.deep - self.base + 1]
+        other.base = self.best
+        return other
+
+    def levels(self, tick: int, step: int, limit: int | None) -> list[list[str]]:
+        """Best-first ``[price, qty]`` strings, at most ``limit`` levels."""
+        q, base = self.qty, self.base
         out: list[list[str]] = []
-        for i in idx:
+        for i in range(self.best - base, self.deep - base + 1):
             v = q[i]
             if v:
-                out.append([fmt((i + self.first) * self.tick), fmt(v * self.step)])
+                out.append([fmt(abs(i + base) * tick), fmt(v * step)])
                 if limit is not None and len(out) >= limit:
                     break
         return out
 
+
+@dataclass(frozen=True)
+class FrozenBook:
+    update_id: int
+    bids: SideBook
+    asks: SideBook
+    tick: int
+    step: int
+
     def depth(self, limit: int | None = None) -> dict[str, Any]:
         return {
             "lastUpdateId": self.update_id,
-            "bids": self.levels(BID, limit),
-            "asks": self.levels(ASK, limit),
+            "bids": self.bids.levels(self.tick, self.step, limit),
+            "asks": self.asks.levels(self.tick, self.step, limit),
         }
 
 
@@ -281,20 +373,14 @@ class SymbolMarket:
         bits = self._rng.getrandbits
         self._bits = bits
         self.update_id = 1_000_000 + bits(24)
-        span = tables.span
-        self._window = 3 * span + 64
         mid = spec.price // spec.tick
-        self.base = max(1, mid - self._window // 2)
-        self.qty = array("i", bytes(4 * self._window))
-        self.best_bid = mid - 1
-        self.best_ask = mid + 1
-        self.deep_bid = self.best_bid
-        self.deep_ask = self.best_ask
-        self.bid_levels = 0
-        self.ask_levels = 0
+        self.bids = SideBook(-(mid - 1), tables.span)
+        self.asks = SideBook(mid + 1, tables.span)
         self.lot = max(1, min(100_000, _notional(spec.quote) * SCALE // spec.price // spec.step))
-        self._seed_book(span)
+        self._seed_book()
         self.trades = TradeLog()
+        self._price_text: dict[int, str] = {}  # position -> '["<price>","' (diff fragments)
+        self._qty_text: dict[int, str] = {}  # steps -> '<qty>"]'
         first_id = 100_000 + bits(20)
         count = 50_000 + bits(16)
         price = spec.price
@@ -318,288 +404,243 @@ class SymbolMarket:
         self.next_trade_id = self.stats.last_id + 1
         self.changed_since_ticker = False
 
-    # -- book primitives ------------------------------------------------------------------------
-
-    def _seed_book(self, span: int) -> None:
+    def _seed_book(self) -> None:
         bits = self._bits
         lots = self.tables.lots
-        q = self.qty
-        base = self.base
-        for side_best, sign in ((self.best_bid, -1), (self.best_ask, 1)):
-            placed = 0
-            for d in range(span):
-                if placed >= self.tables.levels:
+        for book in (self.bids, self.asks):
+            for d in range(self.tables.span):
+                if book.count >= self.tables.levels:
                     break
-                i = side_best + sign * d - base
-                if 0 <= i < self._window and (d == 0 or bits(2) != 0):  # ~3/4 dense
-                    q[i] = lots[bits(10)] * self.lot
-                    placed += 1
-            if sign < 0:
-                self.bid_levels = placed
-            else:
-                self.ask_levels = placed
-        self.deep_bid = self._scan(max(self.best_bid - span, base), 1, self.best_bid)
-        self.deep_ask = self._scan(
-            min(self.best_ask + span, base + self._window - 1), -1, self.best_ask
-        )
+                if d == 0 or bits(2) != 0:  # ~3/4 dense
+                    book.qty[book.best + d - book.base] = lots[bits(10)] * self.lot
+                    book.count += 1
+                    book.deep = book.best + d
 
-    def _scan(self, start: int, step: int, stop: int) -> int:
-        """First tick from ``start`` towards ``stop`` holding a level, else ``stop``."""
-        q = self.qty
-        base = self.base
-        t = start
-        while t != stop and not q[t - base]:
-            t += step
-        return t
+    @property
+    def best_bid(self) -> int:
+        return -self.bids.best
 
-    def _set(self, side: int, t: int, new: int, changes: dict[int, int] | None) -> None:
-        """Set the level at tick ``t`` on ``side`` to ``new`` lots-steps (0 removes), keeping
-        best, deepest and counts right. Callers keep bids below the best ask and vice versa."""
-        i = t - self.base
-        old = self.qty[i]
-        self.qty[i] = new
-        if changes is not None:
-            changes[t * 2 + side] = new
-        if side == BID:
-            if old and not new:
-                self.bid_levels -= 1
-                if t == self.best_bid:
-                    self.best_bid = self._scan(t - 1, -1, self.deep_bid)
-                if t == self.deep_bid:
-                    self.deep_bid = self._scan(t + 1, 1, self.best_bid)
-            elif new and not old:
-                self.bid_levels += 1
-                if t > self.best_bid:
-                    self.best_bid = t
-                if t < self.deep_bid:
-                    self.deep_bid = t
-        else:
-            if old and not new:
-                self.ask_levels -= 1
-                if t == self.best_ask:
-                    self.best_ask = self._scan(t + 1, 1, self.deep_ask)
-                if t == self.deep_ask:
-                    self.deep_ask = self._scan(t - 1, -1, self.best_ask)
-            elif new and not old:
-                self.ask_levels += 1
-                if t < self.best_ask:
-                    self.best_ask = t
-                if t > self.deep_ask:
-                    self.deep_ask = t
+    @property
+    def best_ask(self) -> int:
+        return self.asks.best
 
-    def _recentre(self, changes: dict[int, int] | None) -> int:
-        """Move the window so the spread sits in its middle; returns level changes made."""
-        mid = (self.best_bid + self.best_ask) // 2
-        new_base = max(1, mid - self._window // 2)
-        if new_base == self.base:
-            return 0
-        lo, hi = new_base, new_base + self._window - 1
-        removed = 0
-        while self.deep_bid < lo:
-            self._set(BID, self.deep_bid, 0, changes)
-            removed += 1
-        while self.deep_ask > hi:
-            self._set(ASK, self.deep_ask, 0, changes)
-            removed += 1
-        shift = new_base - self.base
-        old = self.qty
-        fresh = array("i", bytes(4 * self._window))
-        if shift >= 0:
-            fresh[: self._window - shift] = old[shift:]
-        else:
-            fresh[-shift:] = old[: self._window + shift]
-        self.qty = fresh
-        self.base = new_base
-        return removed
+    @property
+    def bid_levels(self) -> int:
+        return self.bids.count
+
+    @property
+    def ask_levels(self) -> int:
+        return self.asks.count
 
     # -- one step of market activity --------------------------------------------------------------
 
     def step(self, now_ms: int, want_diff: bool = True) -> Step:
         """Advance one diff interval: cancels, adds, maybe a trade. Returns the merged diff
-        (each changed price once, final quantity) or None when nothing changed."""
-        bits = self._bits
-        tables = self.tables
-        changes: dict[int, int] | None = {} if want_diff else None
-        top = (self.best_bid, self.best_ask, self.qty[self.best_bid - self.base])
-        top_ask_qty = self.qty[self.best_ask - self.base]
-        count = tables.changes[bits(8)]
-        self._changes(count, changes)
+        (each changed price once, final quantity; None if nothing changed or not
+        ``want_diff``)."""
+        bids, asks = self.bids, self.asks
+        top = (
+            bids.best,
+            asks.best,
+            bids.qty[bids.best - bids.base],
+            asks.qty[asks.best - asks.base],
+        )
+        bid_changes: dict[int, int] = {}
+        ask_changes: dict[int, int] = {}
+        word = self._bits(19)
+        table = self.tables.changes
+        sides = [(bids, asks, table[word & 255], bid_changes)]
+        sides.insert(word >> 18, (asks, bids, table[(word >> 8) & 255], ask_changes))
+        count = self._moves(sides)
         trades: list[Trade] = []
-        if bits(2) == 0:
-            count += self._trade(bits(32), now_ms, trades, changes)
-        count += self._trim(changes)
-        margin = self._window // 8
-        if self.best_bid - self.base < margin or self.base + self._window - self.best_ask < margin:
-            count += self._recentre(changes)
-        top_changed = (
-            top
-            != (
-                self.best_bid,
-                self.best_ask,
-                self.qty[self.best_bid - self.base],
-            )
-            or top_ask_qty != self.qty[self.best_ask - self.base]
+        if (word >> 16) & 3 == 0:  # one interval in four
+            count += self._trade(self._bits(32), now_ms, trades, bid_changes, ask_changes)
+        limit = self.tables.levels
+        count += bids.trim(limit, bid_changes) + asks.trim(limit, ask_changes)
+        count += bids.recentre(bid_changes) + asks.recentre(ask_changes)
+        top_changed = top != (
+            bids.best,
+            asks.best,
+            bids.qty[bids.best - bids.base],
+            asks.qty[asks.best - asks.base],
         )
         if count == 0:
             return Step(None, trades, top_changed)
         first = self.update_id + 1
         self.update_id += count
-        diff = None
-        if changes is not None:
-            diff = self._diff(first, self.update_id, changes)
-        return Step(diff, trades, top_changed)
+        if not want_diff:
+            return Step(None, trades, top_changed)
+        if bids.count > DIFF_DEPTH_LIMIT:
+            bid_changes = {u: v for u, v in bid_changes.items() if bids.rank(u) <= DIFF_DEPTH_LIMIT}
+        if asks.count > DIFF_DEPTH_LIMIT:
+            ask_changes = {u: v for u, v in ask_changes.items() if asks.rank(u) <= DIFF_DEPTH_LIMIT}
+        return Step(Diff(first, self.update_id, bid_changes, ask_changes), trades, top_changed)
 
-    def _changes(self, count: int, changes: dict[int, int] | None) -> None:
-        """``count`` random cancels, adds and amendments. The hot loop of the simulator: table
-        lookups on one random word per change, locals instead of attributes, and the common
-        case (a new quantity on an existing level) without any bookkeeping."""
+    def _moves(self, sides: list[tuple[SideBook, SideBook, int, dict[int, int]]]) -> int:
+        """Random moves on each side (``(book, other side, moves, changes)``, in a random order
+        so that neither side improves first): amendments, cancels, new levels behind the best,
+        and new best prices inside the spread (what makes the mid drift and keeps the spread a
+        few ticks). The hot loop of the simulator: one random index per move into a shared
+        table, and the side's state in locals. Returns the number of moves (update ids used)."""
         bits = self._bits
-        distances = self.tables.distance
-        lots = self.tables.lots
+        moves = self.tables.moves
         lot = self.lot
-        q = self.qty
-        base = self.base
-        window = self._window
-        for _ in range(count):
-            word = bits(32)
-            side = word & 1
-            action = (word >> 11) & 15
-            new = lots[(word >> 15) & 1023] * lot
-            if action == 0 and self.best_ask - self.best_bid > 1:
-                # Improve the best price by one tick: this is what makes the mid drift.
-                self._set(side, self.best_ask - 1 if side else self.best_bid + 1, new, changes)
-                continue
-            distance = distances[(word >> 1) & 1023]
-            t = self.best_ask + distance if side else self.best_bid - distance
-            i = t - base
-            if not 0 <= i < window:
-                continue
-            old = q[i]
-            if old and action >= 7:
-                q[i] = new
-                if changes is not None:
-                    changes[t * 2 + side] = new
-            elif not old:
-                self._set(side, t, new, changes)
-            elif (self.ask_levels if side else self.bid_levels) > 1:
-                self._set(side, t, 0, changes)
-
-    def _trim(self, changes: dict[int, int] | None) -> int:
-        """Cancel the deepest levels of a side grown past its target (keeps memory bounded)."""
-        limit = self.tables.levels
-        made = 0
-        while self.bid_levels > limit:
-            self._set(BID, self.deep_bid, 0, changes)
-            made += 1
-        while self.ask_levels > limit:
-            self._set(ASK, self.deep_ask, 0, changes)
-            made += 1
-        return made
+        move_bits, improve, amend = MOVE_BITS, IMPROVE, AMEND
+        total = 0
+        for book, other, count, changes in sides:
+            total += count
+            other_best = other.best
+            q = book.qty
+            base = book.base
+            length = book.length
+            best, deep, levels = book.best, book.deep, book.count
+            for _ in range(count):
+                distance, action, size = moves[bits(move_bits)]
+                new = size * lot
+                if action < improve:
+                    gap = best + other_best - 1  # free ticks inside the spread
+                    if gap > 0:
+                        u = best - 1 - bits(10) % gap
+                        if u >= base:
+                            q[u - base] = new
+                            changes[u] = new
+                            best = u
+                            levels += 1
+                            continue
+                u = best + distance
+                i = u - base
+                if i >= length:
+                    continue
+                old = q[i]
+                if not old:
+                    q[i] = new
+                    changes[u] = new
+                    levels += 1
+                    if u > deep:
+                        deep = u
+                elif action >= amend:
+                    q[i] = new
+                    changes[u] = new
+                elif levels > 1:  # a cancel (a side keeps at least one level)
+                    q[i] = 0
+                    changes[u] = 0
+                    levels -= 1
+                    if u == best:
+                        i += 1
+                        while not q[i]:
+                            i += 1
+                        best = i + base
+                    elif u == deep:
+                        i -= 1
+                        while not q[i]:
+                            i -= 1
+                        deep = i + base
+            book.best, book.deep, book.count = best, deep, levels
+        return total
 
     def _trade(
-        self, word: int, now_ms: int, out: list[Trade], changes: dict[int, int] | None
+        self,
+        word: int,
+        now_ms: int,
+        out: list[Trade],
+        bid_changes: dict[int, int],
+        ask_changes: dict[int, int],
     ) -> int:
         """A taker order that sweeps the top of one side; returns level changes made."""
         taker_buys = bool(word & 1)
+        book, changes = (self.asks, ask_changes) if taker_buys else (self.bids, bid_changes)
         remaining = self.tables.lots[(word >> 1) & 1023] * self.lot * (1 + ((word >> 11) & 3))
-        made = 0
-        q = self.qty
-        while remaining > 0:
-            side = ASK if taker_buys else BID
-            t = self.best_ask if taker_buys else self.best_bid
-            if (self.ask_levels if taker_buys else self.bid_levels) <= 1:
-                break
-            available = q[t - self.base]
+        q = book.qty
+        base = book.base
+        tick = self.spec.tick
+        step = self.spec.step
+        log = self.trades
+        trade_id = self.next_trade_id
+        volume = quote_volume = 0
+        while remaining > 0 and book.count > 1:
+            u = book.best
+            i = u - base
+            available = q[i]
             filled = min(available, remaining)
             remaining -= filled
-            self._set(side, t, available - filled, changes)
-            made += 1
-            self._record(t * self.spec.tick, filled * self.spec.step, now_ms, not taker_buys, out)
-        return made
-
-    def _record(
-        self, price: int, qty: int, now_ms: int, buyer_maker: bool, out: list[Trade]
-    ) -> None:
-        trade = Trade(self.next_trade_id, price, qty, now_ms, buyer_maker)
-        self.next_trade_id += 1
-        self.trades.append(trade)
-        out.append(trade)
+            left = q[i] = available - filled
+            changes[u] = left
+            if not left:
+                book.count -= 1
+                i += 1
+                while not q[i]:
+                    i += 1
+                book.best = i + base
+            trade = Trade(trade_id, abs(u) * tick, filled * step, now_ms, not taker_buys)
+            trade_id += 1
+            log.append(trade)
+            out.append(trade)
+            volume += trade.qty
+            quote_volume += trade.price * trade.qty
+        if not out:
+            return 0
+        self.next_trade_id = trade_id
+        # A sweep moves away from the spread: its last fill is both the last and the extreme price.
         s = self.stats
-        s.last = price
-        s.last_qty = qty
-        s.high = max(s.high, price)
-        s.low = min(s.low, price)
-        s.volume += qty
-        s.quote_volume += price * qty
-        s.last_id = trade.id
+        last = out[-1]
+        s.last, s.last_qty, s.last_id = last.price, last.qty, last.id
+        s.high = max(s.high, last.price)
+        s.low = min(s.low, last.price)
+        s.volume += volume
+        s.quote_volume += quote_volume
         self.changed_since_ticker = True
-
-    def _diff(self, first: int, last: int, changes: dict[int, int]) -> Diff:
-        if self.bid_levels > DIFF_DEPTH_LIMIT or self.ask_levels > DIFF_DEPTH_LIMIT:
-            changes = {
-                key: new
-                for key, new in changes.items()
-                if self._rank(key & 1, key >> 1) <= DIFF_DEPTH_LIMIT
-            }
-        return Diff(first, last, changes)
+        return len(out)
 
     def diff_sides(self, diff: Diff) -> tuple[list[list[str]], list[list[str]]]:
         """(bids, asks) of a diff as ``[price, qty]`` strings."""
-        sides: tuple[list[list[str]], list[list[str]]] = ([], [])
-        for key, new in diff.levels.items():
-            sides[key & 1].append([fmt((key >> 1) * self.spec.tick), fmt(new * self.spec.step)])
-        return sides
+        tick, step = self.spec.tick, self.spec.step
+        return (
+            [[fmt(-u * tick), fmt(new * step)] for u, new in diff.bids.items()],
+            [[fmt(u * tick), fmt(new * step)] for u, new in diff.asks.items()],
+        )
 
     def encode_diff(self, diff: Diff, now_ms: int) -> bytes:
-        """The depthUpdate event as JSON bytes, formatted straight from integers (the hot path:
-        ~3x cheaper than building string lists for orjson)."""
-        tick = self.spec.tick
-        step = self.spec.step
-        sides: tuple[list[str], list[str]] = ([], [])
-        for key, new in diff.levels.items():
-            p = (key >> 1) * tick
-            q = new * step
-            sides[key & 1].append(_LEVEL % (p // SCALE, p % SCALE, q // SCALE, q % SCALE))
-        return (
-            _DIFF
-            % (
-                now_ms,
-                self.symbol,
-                diff.first_id,
-                diff.last_id,
-                ",".join(sides[0]),
-                ",".join(sides[1]),
-            )
-        ).encode()
+        """The depthUpdate event as JSON bytes, joined from cached level fragments (the hot
+        path: ~2x cheaper than formatting every number, ~6x than dicts through orjson)."""
+        prices = self._price_text.get
+        qtys = self._qty_text.get
+        price = self._price_fragment
+        qty = self._qty_fragment
+        bids = ",".join(
+            [(prices(u) or price(u)) + (qtys(v) or qty(v)) for u, v in diff.bids.items()]
+        )
+        asks = ",".join(
+            [(prices(u) or price(u)) + (qtys(v) or qty(v)) for u, v in diff.asks.items()]
+        )
+        return (_DIFF % (now_ms, self.symbol, diff.first_id, diff.last_id, bids, asks)).encode()
 
-    def _rank(self, side: int, t: int) -> int:
-        """1-based position of tick ``t`` from the top of ``side`` (counting existing levels)."""
-        base = self.base
-        if side == BID:
-            lo, hi = t - base, self.best_bid - base + 1
-        else:
-            lo, hi = self.best_ask - base, t - base + 1
-        if lo >= hi:
-            return 1
-        segment = self.qty[lo:hi]
-        return len(segment) - segment.count(0) + (0 if self.qty[t - base] else 1)
+    def _price_fragment(self, u: int) -> str:
+        cache = self._price_text
+        if len(cache) >= TEXT_CACHE:
+            cache.clear()
+        units = abs(u) * self.spec.tick
+        text = cache[u] = '["%d.%08d","' % (units // SCALE, units % SCALE)  # noqa: UP031
+        return text
+
+    def _qty_fragment(self, new: int) -> str:
+        cache = self._qty_text
+        if len(cache) >= TEXT_CACHE:
+            cache.clear()
+        units = new * self.spec.step
+        text = cache[new] = '%d.%08d"]' % (units // SCALE, units % SCALE)  # noqa: UP031
+        return text
 
     # -- views -------------------------------------------------------------------------------
 
     def levels(self, side: int, limit: int | None = None) -> list[list[str]]:
         """Best-first ``[price, qty]`` strings, at most ``limit`` levels."""
-        return self.freeze().levels(side, limit)
+        book = self.asks if side == ASK else self.bids
+        return book.levels(self.spec.tick, self.spec.step, limit)
 
     def freeze(self) -> FrozenBook:
-        """A copy of the book as it is now (cheap: one array copy), e.g. to serve stale later."""
+        """A copy of the book as it is now (cheap: two array copies), to serve stale later."""
         return FrozenBook(
-            self.update_id,
-            self.qty[self.deep_bid - self.base : self.deep_ask - self.base + 1],
-            self.deep_bid,
-            self.best_bid,
-            self.best_ask,
-            self.spec.tick,
-            self.spec.step,
+            self.update_id, self.bids.copy(), self.asks.copy(), self.spec.tick, self.spec.step
         )
 
     def depth(self, limit: int | None = None) -> dict[str, Any]:
@@ -607,24 +648,15 @@ class SymbolMarket:
 
     def best(self) -> tuple[int, int, int, int]:
         """(bid price, bid qty, ask price, ask qty) in 1e-8 units."""
-        tick, step, q, base = self.spec.tick, self.spec.step, self.qty, self.base
-        return (
-            self.best_bid * tick,
-            q[self.best_bid - base] * step,
-            self.best_ask * tick,
-            q[self.best_ask - base] * step,
-        )
+        tick, step = self.spec.tick, self.spec.step
+        (bid, bid_qty), (ask, ask_qty) = self.bids.top(), self.asks.top()
+        return -bid * tick, bid_qty * step, ask * tick, ask_qty * step
 
-    def book_ticker(self) -> dict[str, Any]:
+    def encode_book_ticker(self) -> bytes:
         bp, bq, ap, aq = self.best()
-        return {
-            "u": self.update_id,
-            "s": self.symbol,
-            "b": fmt(bp),
-            "B": fmt(bq),
-            "a": fmt(ap),
-            "A": fmt(aq),
-        }
+        return (
+            _BOOK_TICKER % (self.update_id, self.symbol, fmt(bp), fmt(bq), fmt(ap), fmt(aq))
+        ).encode()
 
     def ticker(self, now_ms: int) -> dict[str, Any]:
         """The full 24hrTicker event body (REST FULL uses the same numbers, other key names)."""
@@ -674,35 +706,18 @@ class SymbolMarket:
         }
 
 
-def trade_event(symbol: str, trade: Trade, now_ms: int) -> dict[str, Any]:
-    return {
-        "e": "trade",
-        "E": now_ms,
-        "s": symbol,
-        "t": trade.id,
-        "p": fmt(trade.price),
-        "q": fmt(trade.qty),
-        "T": trade.time,
-        "m": trade.buyer_maker,
-        "M": True,
-    }
+def encode_trade(symbol: str, trade: Trade, now_ms: int) -> bytes:
+    """The ``@trade`` event as JSON bytes."""
+    price, qty = fmt(trade.price), fmt(trade.qty)
+    maker = _JSON_BOOL[trade.buyer_maker]
+    return (_TRADE % (now_ms, symbol, trade.id, price, qty, trade.time, maker)).encode()
 
 
-def agg_trade_event(symbol: str, trade: Trade, now_ms: int) -> dict[str, Any]:
-    # One maker level per trade, so each aggregate holds exactly one trade.
-    return {
-        "e": "aggTrade",
-        "E": now_ms,
-        "s": symbol,
-        "a": trade.id,
-        "p": fmt(trade.price),
-        "q": fmt(trade.qty),
-        "f": trade.id,
-        "l": trade.id,
-        "T": trade.time,
-        "m": trade.buyer_maker,
-        "M": True,
-    }
+def encode_agg_trade(symbol: str, trade: Trade, now_ms: int) -> bytes:
+    """The ``@aggTrade`` event: one maker level per trade, so each aggregate holds one trade."""
+    price, qty, tid = fmt(trade.price), fmt(trade.qty), trade.id
+    maker = _JSON_BOOL[trade.buyer_maker]
+    return (_AGG_TRADE % (now_ms, symbol, tid, price, qty, tid, tid, trade.time, maker)).encode()
 
 
 def rest_trade(trade: Trade) -> dict[str, Any]:

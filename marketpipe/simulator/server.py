@@ -37,11 +37,11 @@ from marketpipe.simulator.market import (
     Market,
     SymbolMarket,
     SymbolSpec,
-    agg_trade_event,
+    encode_agg_trade,
+    encode_trade,
     fmt,
     parse_units,
     rest_trade,
-    trade_event,
 )
 from marketpipe.simulator.protocol import (
     ALL_MINI_TICKERS,
@@ -175,7 +175,7 @@ class Simulator:
         self.connections: set[Connection] = set()
         self.names: dict[str, dict[str, str]] = {}
         self.held: dict[str, bytes] = {}  # a diff kept back by a reorder fault
-        self.depth_1s: dict[str, list[Any]] = {}  # symbol -> [first, last, levels] for @depth
+        self.depth_1s: dict[str, Diff] = {}  # symbol -> this second's changes, for @depth
         self.frozen: dict[str | None, FrozenBook | None] = {}  # stale snapshots by symbol
         self.ticks = 0
         self.opened_connections = 0
@@ -208,22 +208,21 @@ class Simulator:
         result = sym.step(now, want_diff=bool(fast or slow))
         diff = result.diff
         if diff is not None:
-            if fast:
-                self.send_diff(sym.symbol, names["depth@100ms"], sym.encode_diff(diff, now))
             if slow:
                 pending = self.depth_1s.get(sym.symbol)
-                if pending is None:
-                    self.depth_1s[sym.symbol] = [diff.first_id, diff.last_id, dict(diff.levels)]
+                if pending is None:  # each step makes a fresh Diff: later ones merge into it
+                    self.depth_1s[sym.symbol] = diff
                 else:
-                    pending[1] = diff.last_id
-                    pending[2].update(diff.levels)
+                    pending.merge(diff)
+            if fast:
+                self.send_diff(sym.symbol, names["depth@100ms"], sym.encode_diff(diff, now))
         if result.trades:
-            for kind, make in (("trade", trade_event), ("aggTrade", agg_trade_event)):
+            for kind, encode in (("trade", encode_trade), ("aggTrade", encode_agg_trade)):
                 if streams.get(names[kind]):
                     for trade in result.trades:
-                        self.publish(names[kind], orjson.dumps(make(sym.symbol, trade, now)))
+                        self.publish(names[kind], encode(sym.symbol, trade, now))
         if result.top_changed and streams.get(names["bookTicker"]):
-            self.publish(names["bookTicker"], orjson.dumps(sym.book_ticker()))
+            self.publish(names["bookTicker"], sym.encode_book_ticker())
 
     def send_diff(self, symbol: str, stream: str, payload: bytes) -> None:
         action = self.faults.on_diff(symbol)
@@ -288,10 +287,10 @@ class Simulator:
 
     def flush_second(self, now: int) -> None:
         streams = self.streams
-        for symbol, (first, last, levels) in self.depth_1s.items():
+        for symbol, diff in self.depth_1s.items():
             sym = self.market.symbols.get(symbol)
             if sym is not None:
-                payload = sym.encode_diff(Diff(first, last, levels), now)
+                payload = sym.encode_diff(diff, now)
                 self.send_diff(symbol, self.symbol_streams(symbol)["depth"], payload)
         self.depth_1s.clear()
         want_all = bool(streams.get(ALL_MINI_TICKERS))
@@ -629,7 +628,8 @@ class Simulator:
         sym = self._admin_symbol(request)
         limit = self.int_param(request, "limit", len(sym.trades) or 1)
         recent = sym.trades.last(limit)
-        return _json([trade_event(sym.symbol, t, t.time) for t in recent])
+        body = b",".join(encode_trade(sym.symbol, t, t.time) for t in recent)
+        return web.Response(body=b"[%s]" % body, content_type="application/json")
 
     async def admin_ticker(self, request: web.Request) -> web.Response:
         return _json(self._admin_symbol(request).ticker(now_ms()))

@@ -105,7 +105,7 @@ def test_trades_update_ticker_consistently() -> None:
 
 def test_diffs_change_a_realistic_number_of_levels() -> None:
     sym = Market.create(1, 5, levels=1000).symbols["BTCUSDT"]
-    sizes = [len(d.levels) for i in range(500) if (d := sym.step(i).diff) is not None]
+    sizes = [len(d) for i in range(500) if (d := sym.step(i).diff) is not None]
     assert 3 <= sum(sizes) / len(sizes) <= 30
     assert min(sizes) <= 3 and max(sizes) >= 20
 
@@ -119,11 +119,29 @@ def test_diffs_report_only_the_top_5000_levels() -> None:
         if diff is None:
             continue
         assert diff.first_id == before + 1
-        for key in diff.levels:
-            assert sym._rank(key & 1, key >> 1) <= DIFF_DEPTH_LIMIT
-        reported += len(diff.levels)
-        hidden += diff.last_id - diff.first_id + 1 - len(diff.levels)
+        for book, changes in ((sym.bids, diff.bids), (sym.asks, diff.asks)):
+            assert all(book.rank(u) <= DIFF_DEPTH_LIMIT for u in changes)
+        reported += len(diff)
+        hidden += diff.last_id - diff.first_id + 1 - len(diff)
     assert reported and hidden, "some changes fall deeper than 5000 levels and stay unreported"
+
+
+def test_spread_stays_tight_and_books_full_for_hours() -> None:
+    # 20 000 intervals is over half an hour at 10 diffs/s: the spread must not creep wider, the
+    # mid must wander both ways across symbols, and both sides must keep their depth.
+    market = Market.create(4, 2, levels=200)
+    moved = []
+    for sym in market.symbols.values():
+        start = sym.best_bid + sym.best_ask
+        spreads = []
+        for i in range(20_000):
+            sym.step(i)
+            spreads.append(sym.best_ask - sym.best_bid)
+        assert sum(spreads[-5000:]) / 5000 < 10, "the spread must stay a few ticks"
+        assert sym.bid_levels > 150 and sym.ask_levels > 150
+        check_book(sym)
+        moved.append(sym.best_bid + sym.best_ask - start)
+    assert any(m > 0 for m in moved) and any(m < 0 for m in moved), moved
 
 
 def test_symbol_names_are_plausible_and_valid() -> None:
