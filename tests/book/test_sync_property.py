@@ -1,18 +1,21 @@
 """Whatever the stream does (drops, duplicates, reorders, stale snapshots, disconnects), a book that
-says it is live equals the truth at its update id, compared level by level with exact strings."""
+says it is live equals the truth at its update id, compared level by level with exact strings, and
+any view it gives is the true view (when it has none, it resyncs)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketpipe.book.book import BookSide
 from marketpipe.book.sync import BookState, BookSync, FetchSnapshot
+from marketpipe.book.view import render_view
 from marketpipe.exchange.messages import DepthUpdate
 
-from .truth import SYMBOL, Evolution, Side, State, evolutions
+from .truth import SYMBOL, Evolution, Side, State, evolutions, true_view
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,30 @@ def expected(side: BookSide, truth: Side, descending: bool) -> list[tuple[str, s
     return sorted(levels, key=lambda level: float(level[0]), reverse=descending)
 
 
-def check(sync: BookSync, evolution: Evolution) -> None:
+@dataclass(frozen=True)
+class ViewSettings:
+    max_spread_pct: float
+    depth: int
+
+
+VIEW = ViewSettings(max_spread_pct=20.0, depth=3)  # prices 1.01..2.00: the bound cuts some
+
+
+def check(sync: BookSync, evolution: Evolution) -> bool:
+    """False: the book is live but its window no longer covers the view."""
     if sync.state is not BookState.LIVE:
-        return
+        return True
     truth = evolution.state_at(sync.last_update_id)
     assert sync.book.bids.levels() == expected(sync.book.bids, truth.bids, descending=True)
     assert sync.book.asks.levels() == expected(sync.book.asks, truth.asks, descending=False)
+    payload = render_view(sync, VIEW, seq=1, epoch=1)
+    if payload is None:
+        return False
+    bids = sorted(([p, q] for p, q in truth.bids.items()), key=lambda lv: -float(lv[0]))
+    asks = sorted(([p, q] for p, q in truth.asks.items()), key=lambda lv: float(lv[0]))
+    message = orjson.loads(payload)
+    assert (message["bids"], message["asks"]) == true_view(bids, asks, VIEW.max_spread_pct, 3)
+    return True
 
 
 FAULTS = st.sampled_from(["deliver"] * 6 + ["drop", "duplicate", "swap", "disconnect"])
@@ -59,7 +80,8 @@ def test_live_book_always_equals_truth(evolution: Evolution, data: st.DataObject
     def feed(actions: object) -> None:
         nonlocal requested
         requested = requested or any(isinstance(a, FetchSnapshot) for a in actions)  # type: ignore[attr-defined]
-        check(sync, evolution)
+        if not check(sync, evolution):
+            sync.on_window_lost()  # as the service does: resync rather than publish it short
 
     for diff in evolution.diffs:
         produced += 1
