@@ -47,7 +47,7 @@ import aiohttp
 import nats
 import orjson
 
-from bench.bench_feeds import cpu_seconds
+from bench.bench_feeds import CLK_TCK, cpu_seconds
 from marketpipe.infra.local import NatsCluster, Process, RedisServer
 from marketpipe.infra.services import service_env, service_port, start_service
 from marketpipe.infra.simulator import SimulatorProcess
@@ -181,6 +181,7 @@ async def run_service(
             "redis": server_pid(redis_server.process),
         }
         cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
+        split_before = cpu_split(pid)
         published_before, received_before = await counters(port)
         profiler = start_profiler(pid, seconds, profile) if profile else None
         started = time.monotonic()
@@ -191,6 +192,7 @@ async def run_service(
         load = os.getloadavg()[0]
         published_after, received_after = await counters(port)
         cpu = {name: (cpu_seconds(p) - cpu_before[name]) / elapsed for name, p in pids.items()}
+        split = [(b - a) / elapsed for a, b in zip(split_before, cpu_split(pid), strict=True)]
         rss_end = rss_mb(pid)
         if profiler is not None:
             await asyncio.to_thread(profiler.wait, 30)
@@ -205,7 +207,18 @@ async def run_service(
         "received_per_second": (received_after - received_before) / elapsed,
         "synced_after": synced_after,
         "load": load,
+        "split": split,
     }
+
+
+def cpu_split(pid: int) -> tuple[float, float, int]:
+    """(user seconds, system seconds, context switches) of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    switches = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if "ctxt_switches:" in line:
+            switches += int(line.split()[1])
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, switches
 
 
 def server_pid(process: Process | None) -> int:
@@ -305,6 +318,11 @@ async def main(args: argparse.Namespace) -> None:
             f"  CPU per diff received (decode, apply, its share of views and publishing): "
             f"{per_diff:.0f} us; at {target:.0f} diffs/s that is {per_diff * target / 1e6:.0%} "
             f"of a core (received {received:.0f} diffs/s here)"
+        )
+        user, system, switches = result["split"]
+        print(
+            f"  orderbook CPU split: user {user:.0%}, system {system:.0%} of a core; "
+            f"{switches:.0f} context switches/s"
         )
         published = result["published_per_second"]
         per_book = cpu["orderbook"] / published * 1e6 if published else float("nan")
