@@ -37,10 +37,8 @@ _AGG_TRADE = (
 )
 _BOOK_TICKER = '{"u":%d,"s":"%s","b":"%s","B":"%s","a":"%s","A":"%s"}'
 _JSON_BOOL = ("false", "true")
-# Diff level fragments cached per symbol (prices near the top and lot-table quantities recur);
-# a full cache is emptied, which bounds memory at a few tens of kB a symbol.
-TEXT_CACHE = 512
-MOVE_BITS = 14  # the shared table of moves has 2**14 entries
+_LEVEL = '["%d.%08d","%d.%08d"]'
+MOVE_BITS = 12  # the shared table of moves has 2**12 entries (small: it stays in cache)
 IMPROVE = 2  # a move's action (0..15): below this, a new best price inside the spread
 AMEND = 7  # from this, amend an existing level; from IMPROVE up to here, cancel it
 
@@ -379,8 +377,6 @@ class SymbolMarket:
         self.lot = max(1, min(100_000, _notional(spec.quote) * SCALE // spec.price // spec.step))
         self._seed_book()
         self.trades = TradeLog()
-        self._price_text: dict[int, str] = {}  # position -> '["<price>","' (diff fragments)
-        self._qty_text: dict[int, str] = {}  # steps -> '<qty>"]'
         first_id = 100_000 + bits(20)
         count = 50_000 + bits(16)
         price = spec.price
@@ -600,35 +596,21 @@ class SymbolMarket:
         )
 
     def encode_diff(self, diff: Diff, now_ms: int) -> bytes:
-        """The depthUpdate event as JSON bytes, joined from cached level fragments (the hot
-        path: ~2x cheaper than formatting every number, ~6x than dicts through orjson)."""
-        prices = self._price_text.get
-        qtys = self._qty_text.get
-        price = self._price_fragment
-        qty = self._qty_fragment
-        bids = ",".join(
-            [(prices(u) or price(u)) + (qtys(v) or qty(v)) for u, v in diff.bids.items()]
-        )
-        asks = ",".join(
-            [(prices(u) or price(u)) + (qtys(v) or qty(v)) for u, v in diff.asks.items()]
-        )
-        return (_DIFF % (now_ms, self.symbol, diff.first_id, diff.last_id, bids, asks)).encode()
-
-    def _price_fragment(self, u: int) -> str:
-        cache = self._price_text
-        if len(cache) >= TEXT_CACHE:
-            cache.clear()
-        units = abs(u) * self.spec.tick
-        text = cache[u] = '["%d.%08d","' % (units // SCALE, units % SCALE)  # noqa: UP031
-        return text
-
-    def _qty_fragment(self, new: int) -> str:
-        cache = self._qty_text
-        if len(cache) >= TEXT_CACHE:
-            cache.clear()
-        units = new * self.spec.step
-        text = cache[new] = '%d.%08d"]' % (units // SCALE, units % SCALE)  # noqa: UP031
-        return text
+        """The depthUpdate event as JSON bytes, formatted straight from integers (the hot path:
+        ~3x cheaper than building string lists for orjson; per-symbol caches of formatted
+        levels measured no faster at 2000 symbols, where every step starts with cold caches)."""
+        tick, step = self.spec.tick, self.spec.step
+        sides = []
+        for sign, levels in ((-tick, diff.bids), (tick, diff.asks)):
+            parts = []
+            for u, new in levels.items():
+                p = u * sign
+                q = new * step
+                parts.append(_LEVEL % (p // SCALE, p % SCALE, q // SCALE, q % SCALE))
+            sides.append(",".join(parts))
+        return (
+            _DIFF % (now_ms, self.symbol, diff.first_id, diff.last_id, sides[0], sides[1])
+        ).encode()
 
     # -- views -------------------------------------------------------------------------------
 

@@ -123,7 +123,12 @@ class Connection:
         self.rate = MessageRate()
         self.serial = 0  # 1, 2, ... in order of opening, so tests can count connections
 
-    def push(self, frame: bytes) -> None:
+    def push(self, payload: bytes) -> None:
+        """Queue one text message (a reply, an injected event)."""
+        self.push_frame(text_frame_header(len(payload)) + payload)
+
+    def push_frame(self, frame: bytes) -> None:
+        """Queue a framed message (a stream event, framed once for all its subscribers)."""
         if self.silent or self.ws.closed:
             return
         self.queue.append(frame)
@@ -133,21 +138,18 @@ class Connection:
         self.wake.set()
 
     async def writer(self) -> None:
-        """Write everything queued as one batch of text frames: one syscall per wake-up
-        instead of one per frame (the fan-out's main cost). Frames are framed here, not by
-        aiohttp's writer: unmasked, uncompressed text frames are a 2-10 byte header."""
+        """Write everything queued in one go: one syscall per wake-up instead of one per frame
+        (the fan-out's main cost). Frames are framed by us, not by aiohttp's writer: an
+        unmasked, uncompressed text frame is a 2-10 byte header and the payload."""
         transport = self.transport
         while not self.ws.closed and transport is not None and not transport.is_closing():
             await self.wake.wait()
             self.wake.clear()
             if not self.queue or self.ws.closed:
                 continue
-            parts: list[bytes] = []
-            for payload in self.queue:
-                parts.append(text_frame_header(len(payload)))
-                parts.append(payload)
+            data = b"".join(self.queue)
             self.queue.clear()
-            transport.write(b"".join(parts))
+            transport.write(data)
             if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                 await self.close(1008, "Too slow")
 
@@ -174,6 +176,7 @@ class Simulator:
         self.streams: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
         self.names: dict[str, dict[str, str]] = {}
+        self.stream_prefix: dict[str, bytes] = {}  # stream -> b'{"stream":"<name>","data":'
         self.held: dict[str, bytes] = {}  # a diff kept back by a reorder fault
         self.depth_1s: dict[str, Diff] = {}  # symbol -> this second's changes, for @depth
         self.frozen: dict[str | None, FrozenBook | None] = {}  # stale snapshots by symbol
@@ -239,17 +242,27 @@ class Simulator:
             self.publish(stream, held)
 
     def publish(self, stream: str, payload: bytes) -> None:
+        """Send an event to every subscriber, framed once as a raw and once as a combined
+        stream message."""
         conns = self.streams.get(stream)
         if not conns:
             return
-        wrapped = None
+        raw = wrapped = b""
         for conn in conns:
             if conn.session.combined:
-                if wrapped is None:
-                    wrapped = b'{"stream":"%s","data":%s}' % (stream.encode(), payload)
-                conn.push(wrapped)
+                if not wrapped:
+                    prefix = self.stream_prefix.get(stream)
+                    if prefix is None:
+                        prefix = self.stream_prefix[stream] = b'{"stream":"%s","data":' % (
+                            stream.encode()
+                        )
+                    wrapped = prefix + payload + b"}"
+                    wrapped = text_frame_header(len(wrapped)) + wrapped
+                conn.push_frame(wrapped)
             else:
-                conn.push(payload)
+                if not raw:
+                    raw = text_frame_header(len(payload)) + payload
+                conn.push_frame(raw)
 
     def step_all(self, ticks: int = 1) -> None:
         """Advance every symbol ``ticks`` diff intervals at once (manual clock)."""

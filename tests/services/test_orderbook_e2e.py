@@ -180,7 +180,12 @@ class Rig:
 
 
 def _service_env(
-    sim: SimulatorProcess, nats: NatsCluster, redis: RedisServer, prefix: str, redis_prefix: str
+    sim: SimulatorProcess,
+    nats: NatsCluster,
+    redis: RedisServer,
+    prefix: str,
+    redis_prefix: str,
+    overrides: dict[str, str],
 ) -> dict[str, str]:
     return {
         **os.environ,
@@ -202,6 +207,7 @@ def _service_env(
         "MARKETPIPE_RECONNECT_BACKOFF_MAX_SECONDS": "1",
         "MARKETPIPE_AUDIT_INTERVAL_SECONDS": "0.5",
         "MARKETPIPE_LOG_FORMAT": "console",
+        **overrides,
     }
 
 
@@ -218,7 +224,11 @@ def paused_sim() -> Iterator[SimulatorProcess]:
 
 @contextlib.asynccontextmanager
 async def running_rig(
-    sim: SimulatorProcess, nats_cluster: NatsCluster, redis_server: RedisServer, logdir: Path
+    sim: SimulatorProcess,
+    nats_cluster: NatsCluster,
+    redis_server: RedisServer,
+    logdir: Path,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Rig]:
     tag = uuid.uuid4().hex[:8]
     prefix, redis_prefix = f"t{tag}.", f"t{tag}:"
@@ -234,7 +244,7 @@ async def running_rig(
     with log_path.open("wb") as log:
         service = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "marketpipe", "orderbook", "--port", str(port)],
-            env=_service_env(sim, nats_cluster, redis_server, prefix, redis_prefix),
+            env=_service_env(sim, nats_cluster, redis_server, prefix, redis_prefix, env or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -260,15 +270,20 @@ async def running_rig(
 
 @pytest.fixture
 async def rig(
+    request: pytest.FixtureRequest,
     paused_sim: SimulatorProcess,
     nats_cluster: NatsCluster,
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> AsyncIterator[Rig]:
-    async with running_rig(paused_sim, nats_cluster, redis_server, tmp_path) as rig:
+    env = getattr(request, "param", None)  # settings of the service, by indirect parametrize
+    async with running_rig(paused_sim, nats_cluster, redis_server, tmp_path, env) as rig:
         yield rig
 
 
+# Books hold 300 levels a side and the others are asked for 2 x Depth = 80 (more than 50): sides
+# cut off, pruned, and windows the market walks away from, under every fault.
+@pytest.mark.parametrize("rig", [{"MARKETPIPE_SNAPSHOT_LIMIT_OTHERS": "50"}], indirect=True)
 async def test_books_are_exact_under_every_fault(rig: Rig) -> None:
     everyone = set(rig.symbols)
     await rig.drive_until(lambda: rig.recorder.live() == everyone, within=60)
