@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from collections import defaultdict
@@ -33,18 +32,13 @@ import aiohttp
 import nats
 import orjson
 
+from bench.procstat import cpu_seconds
 from marketpipe.infra.local import NatsCluster, RedisServer
 from marketpipe.infra.services import service_env, start_service
 from marketpipe.infra.simulator import SimulatorProcess
 
 SERVICES = ("trades", "tickers", "markets")
 STREAMS_PER_CONNECTION = 200
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 @dataclass

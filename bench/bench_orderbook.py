@@ -47,7 +47,7 @@ import aiohttp
 import nats
 import orjson
 
-from bench.bench_feeds import CLK_TCK, cpu_seconds
+from bench.procstat import cpu_seconds, cpu_split, percentile, rss_mb
 from marketpipe.infra.local import NatsCluster, Process, RedisServer
 from marketpipe.infra.services import service_env, service_port, start_service
 from marketpipe.infra.simulator import SimulatorProcess
@@ -56,18 +56,6 @@ STREAMS_PER_CONNECTION = 200
 SAMPLE_EVERY = 10
 INTERVAL_MS = 100
 WEIGHT_LIMIT = 10_000_000
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else float("nan")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def header_event_time(data: bytes) -> int:
@@ -209,16 +197,6 @@ async def run_service(
         "load": load,
         "split": split,
     }
-
-
-def cpu_split(pid: int) -> tuple[float, float, int]:
-    """(user seconds, system seconds, context switches) of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    switches = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if "ctxt_switches:" in line:
-            switches += int(line.split()[1])
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, switches
 
 
 def server_pid(process: Process | None) -> int:

@@ -13,30 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 import urllib.request
 
 import aiohttp
 import orjson
 
+from bench.procstat import cpu_seconds, rss_mb
 from marketpipe.infra.simulator import SimulatorProcess
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def market_ticks(url: str) -> int:

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.bench_feeds import cpu_seconds
-from bench.bench_orderbook import percentile
+from bench.procstat import cpu_seconds, percentile
 from marketpipe.infra.local import NatsCluster, Process, RedisServer
 from marketpipe.infra.services import service_env, service_port, start_service
 from marketpipe.infra.simulator import SimulatorProcess
