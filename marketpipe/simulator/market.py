@@ -247,9 +247,10 @@ class SideBook:
     position and one code path serves both. Quantities (in lot steps, 0 = no level) live in a
     flat array indexed by ``u - base``; the window is moved when the best nears either end."""
 
-    __slots__ = ("base", "best", "centre", "count", "deep", "length", "qty")
+    __slots__ = ("base", "best", "centre", "count", "deep", "length", "qty", "wall")
 
-    def __init__(self, best: int, span: int) -> None:
+    def __init__(self, best: int, span: int, wall: int) -> None:
+        self.wall = wall  # no level at this position or beyond: a bid's price stays above zero
         self.centre = span // 4 + 64  # where recentring puts the best level
         self.length = span + 2 * self.centre  # room for every level within span of the best
         self.base = best - self.centre
@@ -372,8 +373,8 @@ class SymbolMarket:
         self._bits = bits
         self.update_id = 1_000_000 + bits(24)
         mid = spec.price // spec.tick
-        self.bids = SideBook(-(mid - 1), tables.span)
-        self.asks = SideBook(mid + 1, tables.span)
+        self.bids = SideBook(-(mid - 1), tables.span, wall=0)
+        self.asks = SideBook(mid + 1, tables.span, wall=1 << 62)
         self.lot = max(1, min(100_000, _notional(spec.quote) * SCALE // spec.price // spec.step))
         self._seed_book()
         self.trades = TradeLog()
@@ -404,7 +405,7 @@ class SymbolMarket:
         bits = self._bits
         lots = self.tables.lots
         for book in (self.bids, self.asks):
-            for d in range(self.tables.span):
+            for d in range(min(self.tables.span, book.wall - book.best)):
                 if book.count >= self.tables.levels:
                     break
                 if d == 0 or bits(2) != 0:  # ~3/4 dense
@@ -488,7 +489,7 @@ class SymbolMarket:
             other_best = other.best
             q = book.qty
             base = book.base
-            length = book.length
+            length = min(book.length, book.wall - base)
             best, deep, levels = book.best, book.deep, book.count
             for _ in range(count):
                 distance, action, size = moves[bits(move_bits)]

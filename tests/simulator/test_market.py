@@ -178,3 +178,13 @@ def test_trade_log_keeps_the_last_trades_in_order(count: int, ask: int) -> None:
         log.append(trade)
     assert len(log) == min(count, 16)
     assert log.last(ask) == made[-min(ask, 16, count) :] if count else log.last(ask) == []
+
+
+def test_a_cheap_pair_with_a_deep_book_never_bids_at_zero_or_below() -> None:
+    # XRPUSDT trades near 0.5 with a 0.0001 tick: 5000 levels a side would reach below zero.
+    market = Market.create(50, seed=7, levels=5000)
+    for symbol in market.symbols.values():
+        for step in range(50):
+            symbol.step(step)
+        check_book(symbol)
+        assert all(parse_units(price) > 0 for price, _ in symbol.depth()["bids"]), symbol.symbol
