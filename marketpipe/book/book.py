@@ -1,14 +1,15 @@
 """An exact price-level order book: the exchange's strings in, the same bytes out.
 
-Structure (chosen by measurement, ``bench/bench_engine.py``): each side is ordered by a float key
-with the **best level last**: the key is ``float(price)`` for bids and ``-float(price)`` for asks,
-so both sides ascend towards the best price and share one code path. A side is split into chunks
-of about ``CHUNK`` levels: ``key_chunks`` (``array('d')``, contiguous doubles) and the parallel
-``fragment_chunks``, plus ``maxes`` (each chunk's best key). A fragment is the level's JSON,
-pre-encoded once when the level is set (``b'["61234.01000000","0.51200000"]'``), so publishing a
-view is a slice and a join, and the strings are byte-identical to the exchange's. A change finds
-its chunk by bisecting ``maxes`` and its place by bisecting the chunk; an insert or delete moves
-at most a chunk, wherever it lands in a 5000-level side.
+Structure (chosen by measurement, ``bench/bench_engine.py`` and ``bench/bench_orderbook.py``):
+each side is ordered by a float key with the **best level last**: the key is ``float(price)`` for
+bids and ``-float(price)`` for asks, so both sides ascend towards the best price and share one code
+path. A side is split into chunks of about ``CHUNK`` levels: ``key_chunks`` (``array('d')``,
+contiguous doubles), ``maxes`` (each chunk's best key), and per chunk a *blob*: the JSON of its
+levels, best first, each followed by a comma (``b'["61234.01000000","0.51200000"],'``), encoded
+once when the level is set, with the length of each in ``len_chunks`` (``array('H')``). Publishing
+a view copies a few contiguous slices, and the strings are byte-identical to the exchange's. A
+change finds its chunk by bisecting ``maxes`` and its place by bisecting the chunk; an insert or
+delete moves at most a chunk, wherever it lands in a 5000-level side.
 
 A diff's numbers are checked and converted in one C-level pass (:func:`checked_numbers`), not by
 ``float()`` per level.
@@ -48,7 +49,7 @@ MAX_EXACT_DIGITS = 15
 # A price of at most 16 characters has at most 15 digits: the common case needs no counting.
 _SHORT_PRICE = MAX_EXACT_DIGITS + 1
 # Levels per chunk: a chunk is split past 2 * CHUNK and merged into a neighbour at CHUNK / 4.
-CHUNK = 256
+CHUNK = 128
 # Diffs report changes within the top 5000 levels of a side only (the simulator does exactly this;
 # 5000 is also the deepest snapshot): a window must end above that.
 DIFF_HORIZON = 5000
@@ -73,8 +74,32 @@ def decode_fragment(fragment: bytes) -> tuple[str, str]:
     return fragment[2:split].decode(), fragment[split + 3 : -2].decode()
 
 
-def price_of(fragment: bytes) -> str:
+def price_of(fragment: bytes | bytearray) -> str:
+    """The price of the level whose JSON starts ``fragment``."""
     return fragment[2 : fragment.index(b'"', 2)].decode()
+
+
+Piece = bytearray | memoryview
+
+
+def release(pieces: Sequence[Piece]) -> None:
+    """Let the book change again after :meth:`BookSide.best_json` (a viewed blob cannot grow)."""
+    for piece in pieces:
+        if type(piece) is memoryview:
+            piece.release()
+
+
+def _start_of(lengths: array[int], blob: bytearray, at: int) -> int:
+    """Where level ``at`` of a chunk starts in its blob (after the better levels, whose lengths
+    are summed from whichever end of the chunk is nearer)."""
+    if at >= len(lengths) >> 1:
+        return sum(lengths[at + 1 :])
+    return len(blob) - sum(lengths[: at + 1])
+
+
+def _fragment(price: str, quantity: str) -> bytes:
+    """A level's JSON as a blob holds it: followed by a comma."""
+    return f'["{price}","{quantity}"],'.encode()
 
 
 def _check_precision(price: str, quantity: str) -> None:
@@ -126,16 +151,24 @@ def _checked(price: str, quantity: str) -> tuple[float, float]:
 
 
 class BookSide:
-    """One side, best level last: ``chunks`` of ascending keys (``array('d')``) and the parallel
-    chunks of ``fragments``; ``maxes`` holds each key chunk's last (best) key."""
+    """One side, best level last: ``key_chunks`` of ascending keys (``array('d')``), the parallel
+    ``len_chunks`` (each level's JSON length, ``array('H')``) and ``blobs``: each chunk's levels'
+    JSON, best first, each followed by a comma. ``maxes`` holds each key chunk's last (best) key.
+
+    A level's place in its blob is the sum of the lengths of the better levels of its chunk
+    (summed from whichever end of the chunk is nearer), so the JSON of the best levels is a few
+    contiguous slices: rendering a view copies memory instead of visiting a Python object per
+    level, which mattered at 2000 books, where those objects are never in the CPU caches.
+    """
 
     __slots__ = (
+        "blobs",
         "cap",
         "count",
         "floor",
-        "fragment_chunks",
         "is_ask",
         "key_chunks",
+        "len_chunks",
         "maxes",
         "most",
     )
@@ -143,7 +176,8 @@ class BookSide:
     def __init__(self, is_ask: bool) -> None:
         self.is_ask = is_ask
         self.key_chunks: list[array[float]] = []
-        self.fragment_chunks: list[list[bytes]] = []
+        self.len_chunks: list[array[int]] = []
+        self.blobs: list[bytearray] = []
         self.maxes: list[float] = []
         self.count = 0
         self.floor = -INF
@@ -161,12 +195,20 @@ class BookSide:
             if len(price) > _SHORT_PRICE:
                 _check_precision(price, quantity)
             if size:
-                merged[key * sign] = encode_level(price, quantity)
+                merged[key * sign] = _fragment(price, quantity)
             else:
                 merged.pop(key * sign, None)
         keys = sorted(merged)
         self.key_chunks = [array("d", keys[i : i + CHUNK]) for i in range(0, len(keys), CHUNK)]
-        self.fragment_chunks = [[merged[k] for k in chunk] for chunk in self.key_chunks]
+        self.len_chunks = []
+        self.blobs = []
+        for chunk in self.key_chunks:
+            fragments = [merged[k] for k in chunk]
+            try:
+                self.len_chunks.append(array("H", map(len, fragments)))
+            except OverflowError:  # a level's JSON longer than array("H") holds
+                raise BadLevel("quantity", ("?", "?")) from None
+            self.blobs.append(bytearray().join(reversed(fragments)))
         self.maxes = [chunk[-1] for chunk in self.key_chunks]
         self.count = received = len(keys)
         # the exchange never sends more than DIFF_HORIZON levels, whatever the limit asked for
@@ -179,74 +221,108 @@ class BookSide:
     def apply(self, levels: Sequence[Sequence[str]], numbers: Numbers) -> None:
         """Set the levels of a diff (``numbers``: from :func:`checked_numbers`)."""
         # The hot path: the numbers were checked in C; the loop does the fewest operations.
-        key_chunks, fragment_chunks, maxes = self.key_chunks, self.fragment_chunks, self.maxes
+        key_chunks, len_chunks, blobs, maxes = (
+            self.key_chunks,
+            self.len_chunks,
+            self.blobs,
+            self.maxes,
+        )
         floor, is_ask, count = self.floor, self.is_ask, self.count
-        for (price, quantity), (key, size) in zip(levels, numbers, strict=True):
-            if len(price) > _SHORT_PRICE:
-                _check_precision(price, quantity)
-            if is_ask:
-                key = -key
-            if key < floor:
-                continue
-            at_chunk = bisect_left(maxes, key)
-            if at_chunk == len(maxes):  # better than the best level: a new best (or absent)
-                if not size:
+        try:
+            for (price, quantity), (key, size) in zip(levels, numbers, strict=True):
+                if len(price) > _SHORT_PRICE:
+                    _check_precision(price, quantity)
+                if is_ask:
+                    key = -key
+                if key < floor:
                     continue
-                if not maxes:
-                    self._start(key, f'["{price}","{quantity}"]'.encode())
-                    count = 1
-                    continue
-                at_chunk -= 1
-            keys = key_chunks[at_chunk]
-            at = bisect_left(keys, key)
-            if at < len(keys) and keys[at] == key:
-                if size:
-                    fragment_chunks[at_chunk][at] = f'["{price}","{quantity}"]'.encode()
-                    continue
-                del keys[at]
-                del fragment_chunks[at_chunk][at]
-                count -= 1
-                if at == len(keys) and keys:
-                    maxes[at_chunk] = keys[-1]
-                if len(keys) <= CHUNK >> 2:
-                    self._merge(at_chunk)
-            elif size:
-                keys.insert(at, key)
-                fragment_chunks[at_chunk].insert(at, f'["{price}","{quantity}"]'.encode())
-                count += 1
-                if at == len(keys) - 1:
-                    maxes[at_chunk] = key
-                if len(keys) > CHUNK << 1:
-                    self._split(at_chunk)
+                at_chunk = bisect_left(maxes, key)
+                if at_chunk == len(maxes):  # better than the best level: a new best (or absent)
+                    if not size:
+                        continue
+                    if not maxes:
+                        self._start(key, f'["{price}","{quantity}"],'.encode())
+                        count = 1
+                        continue
+                    at_chunk -= 1
+                keys = key_chunks[at_chunk]
+                lengths = len_chunks[at_chunk]
+                blob = blobs[at_chunk]
+                at = bisect_left(keys, key)
+                half = len(keys) >> 1
+                if at < len(keys) and keys[at] == key:
+                    # the levels better than this one come before it in the blob
+                    start = (
+                        sum(lengths[at + 1 :]) if at >= half else len(blob) - sum(lengths[: at + 1])
+                    )
+                    end = start + lengths[at]
+                    if size:
+                        fragment = f'["{price}","{quantity}"],'.encode()
+                        lengths[at] = len(fragment)
+                        blob[start:end] = fragment
+                        continue
+                    del keys[at], lengths[at], blob[start:end]
+                    count -= 1
+                    if at == len(keys) and keys:
+                        maxes[at_chunk] = keys[-1]
+                    if len(keys) <= CHUNK >> 2:
+                        self._merge(at_chunk)
+                elif size:
+                    start = sum(lengths[at:]) if at >= half else len(blob) - sum(lengths[:at])
+                    fragment = f'["{price}","{quantity}"],'.encode()
+                    lengths.insert(at, len(fragment))
+                    keys.insert(at, key)
+                    blob[start:start] = fragment
+                    count += 1
+                    if at == len(keys) - 1:
+                        maxes[at_chunk] = key
+                    if len(keys) > CHUNK << 1:
+                        self._split(at_chunk)
+        except OverflowError:  # a level's JSON longer than array("H") holds
+            raise BadLevel("quantity", (price, quantity[:40] + "...")) from None
         self.count = count
         if count > self.most:
             self._prune()
 
     def _start(self, key: float, fragment: bytes) -> None:
         self.key_chunks.append(array("d", (key,)))
-        self.fragment_chunks.append([fragment])
+        self.len_chunks.append(array("H", (len(fragment),)))
+        self.blobs.append(bytearray(fragment))
         self.maxes.append(key)
 
     def _split(self, at_chunk: int) -> None:
-        keys, fragments = self.key_chunks[at_chunk], self.fragment_chunks[at_chunk]
+        keys, lengths, blob = (
+            self.key_chunks[at_chunk],
+            self.len_chunks[at_chunk],
+            self.blobs[at_chunk],
+        )
+        better = sum(lengths[CHUNK:])  # the better half leads the blob
         self.key_chunks.insert(at_chunk + 1, keys[CHUNK:])
-        self.fragment_chunks.insert(at_chunk + 1, fragments[CHUNK:])
-        del keys[CHUNK:], fragments[CHUNK:]
+        self.len_chunks.insert(at_chunk + 1, lengths[CHUNK:])
+        self.blobs.insert(at_chunk + 1, blob[:better])
+        del keys[CHUNK:], lengths[CHUNK:], blob[:better]
         self.maxes.insert(at_chunk, keys[-1])
 
     def _merge(self, at_chunk: int) -> None:
         """Fold a small (or empty) chunk into its neighbour so chunks stay few."""
-        key_chunks, fragment_chunks, maxes = self.key_chunks, self.fragment_chunks, self.maxes
+        key_chunks, len_chunks, blobs, maxes = (
+            self.key_chunks,
+            self.len_chunks,
+            self.blobs,
+            self.maxes,
+        )
         if len(key_chunks) == 1:
             if not key_chunks[0]:
                 key_chunks.clear()
-                fragment_chunks.clear()
+                len_chunks.clear()
+                blobs.clear()
                 maxes.clear()
             return
         into = at_chunk - 1 if at_chunk else 1
         low, high = min(into, at_chunk), max(into, at_chunk)
         key_chunks[low].extend(key_chunks.pop(high))
-        fragment_chunks[low].extend(fragment_chunks.pop(high))
+        len_chunks[low].extend(len_chunks.pop(high))
+        blobs[low][:0] = blobs.pop(high)  # the better chunk's levels go first
         del maxes[high]
         maxes[low] = key_chunks[low][-1]
         if len(key_chunks[low]) > CHUNK << 1:
@@ -256,26 +332,43 @@ class BookSide:
         """Drop the worst levels back to ``cap``; the floor moves in to the worst level kept."""
         excess = self.count - self.cap
         self.count = self.cap
-        key_chunks, fragment_chunks = self.key_chunks, self.fragment_chunks
+        key_chunks, len_chunks, blobs = self.key_chunks, self.len_chunks, self.blobs
         while excess >= len(key_chunks[0]):
             excess -= len(key_chunks.pop(0))
-            fragment_chunks.pop(0)
+            len_chunks.pop(0)
+            blobs.pop(0)
             self.maxes.pop(0)
-        del key_chunks[0][:excess], fragment_chunks[0][:excess]
+        worst = sum(len_chunks[0][:excess])  # the worst levels end the blob
+        del key_chunks[0][:excess], len_chunks[0][:excess], blobs[0][len(blobs[0]) - worst :]
         self.floor = key_chunks[0][0]
 
     def best_key(self) -> float | None:
         return self.maxes[-1] if self.maxes else None
 
-    def best_fragments(self, count: int) -> list[bytes]:
-        """The best ``count`` levels' fragments, best first."""
-        chosen: list[bytes] = []
-        for fragments in reversed(self.fragment_chunks):
+    def best_price(self) -> str:
+        """The best level's price string (the side must not be empty)."""
+        return price_of(self.blobs[-1])
+
+    def best_json(self, count: int) -> list[Piece]:
+        """The JSON of the best ``count`` levels, best first, comma-separated, as consecutive
+        pieces: ``b"".join(pieces)`` is the body of the side's array. The pieces are views of
+        the side's blobs: join them, then :func:`release` them, before the side changes."""
+        pieces: list[Piece] = []
+        blobs, len_chunks = self.blobs, self.len_chunks
+        for at_chunk in range(len(blobs) - 1, -1, -1):
             if count <= 0:
                 break
-            chosen.extend(reversed(fragments[-count:]))
-            count -= len(fragments)
-        return chosen
+            lengths = len_chunks[at_chunk]
+            size = len(lengths)
+            if count < size:
+                end = _start_of(lengths, blobs[at_chunk], size - count - 1) - 1
+                pieces.append(memoryview(blobs[at_chunk])[:end])
+                break
+            count -= size
+            pieces.append(
+                memoryview(blobs[at_chunk])[:-1] if count == 0 or not at_chunk else blobs[at_chunk]
+            )
+        return pieces
 
     def levels_from(self, key: float) -> tuple[int, bytes | None]:
         """(how many levels have a key >= ``key``, the fragment whose key is ``key`` or None)."""
@@ -285,18 +378,34 @@ class BookSide:
         keys = self.key_chunks[at_chunk]
         at = bisect_left(keys, key)
         later = sum(map(len, self.key_chunks[at_chunk + 1 :]))
-        tie = self.fragment_chunks[at_chunk][at] if keys[at] == key else None
+        tie = None
+        if keys[at] == key:
+            lengths = self.len_chunks[at_chunk]
+            start = _start_of(lengths, self.blobs[at_chunk], at)
+            tie = bytes(self.blobs[at_chunk][start : start + lengths[at] - 1])
         return len(keys) - at + later, tie
 
     @property
     def fragments(self) -> list[bytes]:
-        """Every fragment, worst first (tests, audits; not the hot path)."""
-        return [fragment for chunk in self.fragment_chunks for fragment in chunk]
+        """Every level's JSON, worst first (tests, audits; not the hot path)."""
+        return list(reversed(self._best_first(self.count)))
+
+    def _best_first(self, count: int) -> list[bytes]:
+        chosen: list[bytes] = []
+        for lengths, blob in zip(reversed(self.len_chunks), reversed(self.blobs), strict=True):
+            start = 0
+            for length in reversed(lengths):
+                if len(chosen) == count:
+                    return chosen
+                chosen.append(bytes(blob[start : start + length - 1]))
+                start += length
+        return chosen
 
     def levels(self, count: int | None = None) -> list[tuple[str, str]]:
         """Best first: ``[(price, quantity), ...]`` (not the hot path)."""
-        chosen = self.best_fragments(self.count if count is None else count)
-        return [decode_fragment(f) for f in chosen]
+        return [
+            decode_fragment(f) for f in self._best_first(self.count if count is None else count)
+        ]
 
     def covers(self, price: str) -> bool:
         """Whether the side knows the truth at this price (inside its window)."""

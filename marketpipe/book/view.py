@@ -7,8 +7,8 @@ float rounding is monotonic, so a key strictly on one side of ``float(bound)`` i
 the bound, and the single level whose key equals ``float(bound)`` (keys are unique) is compared
 exactly. A book with an empty side has no mid: its view is the best ``Depth`` levels unfiltered.
 
-Levels are the book's pre-encoded fragments (the exchange's strings, byte-identical), so a view
-is two slices and two joins.
+Levels are the book's pre-encoded JSON (the exchange's strings, byte-identical), kept in
+contiguous blobs, so a message is one join of a few slices.
 
 A side is only known down to its window's floor (``book.py``). When the market has walked away
 from the snapshot, the view may need levels beyond the floor that the book has never seen: then
@@ -24,7 +24,7 @@ from typing import Protocol
 
 import orjson
 
-from marketpipe.book.book import INF, BookSide, OrderBook, price_of
+from marketpipe.book.book import INF, BookSide, OrderBook, Piece, price_of, release
 from marketpipe.book.sync import BookSync
 
 # Prices have at most 15 digits and percentages are short: 40 digits keep every bound exact.
@@ -52,7 +52,10 @@ def spread_bounds(best_bid: str, best_ask: str, max_spread_pct: float) -> tuple[
     return ctx.multiply(mid, ctx.subtract(1, share)), ctx.multiply(mid, ctx.add(1, share))
 
 
-def _inside(side: BookSide, bound: Decimal, depth: int) -> bytes | None:
+Pieces = list[Piece]
+
+
+def _inside(side: BookSide, bound: Decimal, depth: int) -> Pieces | None:
     """The JSON of the side's best ``depth`` levels that are inside ``bound`` (None: unknown)."""
     key = -float(bound) if side.is_ask else float(bound)
     count, tie = side.levels_from(key)
@@ -67,26 +70,40 @@ def _inside(side: BookSide, bound: Decimal, depth: int) -> bytes | None:
         )
     if count < depth and not reaches:
         return None
-    return b",".join(side.best_fragments(min(count, depth)))
+    return side.best_json(min(count, depth))
 
 
-def _best(side: BookSide, depth: int) -> bytes | None:
+def _best(side: BookSide, depth: int) -> Pieces | None:
     """The JSON of the side's best ``depth`` levels, unfiltered (None: unknown)."""
     if side.count < depth and side.floor != -INF:
         return None
-    return b",".join(side.best_fragments(depth))
+    return side.best_json(depth)
 
 
 def book_json(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[bytes, bytes] | None:
     """The JSON bodies (without brackets) of the bids and asks arrays of the view; None when the
-    book's window no longer covers it (the caller resyncs the book)."""
+    book's window no longer covers it."""
+    sides = view_pieces(book, max_spread_pct, depth)
+    if sides is None:
+        return None
+    bids, asks = sides
+    try:
+        return b"".join(bids), b"".join(asks)
+    finally:
+        release(bids)
+        release(asks)
+
+
+def view_pieces(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[Pieces, Pieces] | None:
+    """The JSON bodies (without brackets, in pieces to join) of the bids and asks arrays of the
+    view; None when the book's window no longer covers it (the caller resyncs the book)."""
     bids, asks = book.bids, book.asks
     if not (bids.count and asks.count):
         bid_json, ask_json = _best(bids, depth), _best(asks, depth)
         return None if bid_json is None or ask_json is None else (bid_json, ask_json)
     low, high = spread_bounds(
-        price_of(bids.fragment_chunks[-1][-1]),
-        price_of(asks.fragment_chunks[-1][-1]),
+        bids.best_price(),
+        asks.best_price(),
         max_spread_pct,
     )
     bid_json, ask_json = _inside(bids, low, depth), _inside(asks, high, depth)
@@ -96,16 +113,19 @@ def book_json(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[bytes
 def render_view(sync: BookSync, settings: ViewSettings, seq: int, epoch: int) -> bytes | None:
     """The ``orderbook.<SYMBOL>`` message of a live book (the caller checks it is live); None
     when the book's window no longer covers the view (``BookSync.on_window_lost``)."""
-    sides = book_json(sync.book, settings.max_spread_pct, settings.depth)
+    sides = view_pieces(sync.book, settings.max_spread_pct, settings.depth)
     if sides is None:
         return None
     bids, asks = sides
-    return b'{"symbol":%s,"lastUpdateId":%d,"E":%d,"seq":%d,"epoch":%d,"bids":[%s],"asks":[%s]}' % (
+    head = b'{"symbol":%s,"lastUpdateId":%d,"E":%d,"seq":%d,"epoch":%d,"bids":[' % (
         orjson.dumps(sync.symbol),
         sync.last_update_id,
         sync.last_event_time,
         seq,
         epoch,
-        bids,
-        asks,
     )
+    try:
+        return b"".join([head, *bids, b'],"asks":[', *asks, b"]}"])
+    finally:
+        release(bids)
+        release(asks)

@@ -16,6 +16,7 @@ from marketpipe.book.book import (
     checked_numbers,
     decode_fragment,
     encode_level,
+    release,
 )
 
 
@@ -194,6 +195,12 @@ def test_chunked_side_matches_a_dict_model_in_its_window(
             assert len(side) <= cap + cap // 4
             assert all(0 < len(c) <= 2 * chunk for c in side.key_chunks)
             assert side.maxes == [c[-1] for c in side.key_chunks]
+            assert [len(blob) for blob in side.blobs] == [sum(n) for n in side.len_chunks]
+            for depth in (1, 3, len(side) + 1):
+                pieces = side.best_json(depth)
+                body = b"".join(pieces)
+                release(pieces)
+                assert body == b",".join(encode_level(p, q) for p, q in expected[:depth])
             assert [k for c in side.key_chunks for k in c] == sorted(
                 -float(p) if is_ask else float(p) for p, _ in expected
             )
