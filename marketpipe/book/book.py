@@ -41,6 +41,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Annotated
+from zlib import adler32
 
 import msgspec
 
@@ -49,6 +50,7 @@ MAX_EXACT_DIGITS = 15
 # A price of at most 16 characters has at most 15 digits: the common case needs no counting.
 _SHORT_PRICE = MAX_EXACT_DIGITS + 1
 # Levels per chunk: a chunk is split past 2 * CHUNK and merged into a neighbour at CHUNK / 4.
+# At most 128: half a chunk's lengths must sum exactly in one Adler-32 (see _sum).
 CHUNK = 128
 # Diffs report changes within the top 5000 levels of a side only (the simulator does exactly this;
 # 5000 is also the deepest snapshot): a window must end above that.
@@ -89,12 +91,25 @@ def release(pieces: Sequence[Piece]) -> None:
             piece.release()
 
 
-def _start_of(lengths: array[int], blob: bytearray, at: int) -> int:
+# Each level's JSON length is one byte of its chunk's ``bytearray`` of lengths, and a run of them
+# is summed in C: Adler-32's low half is 1 + the sum of the bytes mod 65521, exact for up to 256
+# bytes (256 * 255 < 65521). ``apply`` sums at most half a chunk (<= CHUNK lengths), the rest at
+# most a whole chunk (<= 2 * CHUNK), through ``_sum``.
+_EXACT_SUM = 256
+
+
+def _sum(lengths: bytearray) -> int:
+    if len(lengths) <= _EXACT_SUM:
+        return (adler32(lengths) & 0xFFFF) - 1
+    return sum(lengths)
+
+
+def _start_of(lengths: bytearray, blob: bytearray, at: int) -> int:
     """Where level ``at`` of a chunk starts in its blob (after the better levels, whose lengths
     are summed from whichever end of the chunk is nearer)."""
     if at >= len(lengths) >> 1:
-        return sum(lengths[at + 1 :])
-    return len(blob) - sum(lengths[: at + 1])
+        return _sum(lengths[at + 1 :])
+    return len(blob) - _sum(lengths[: at + 1])
 
 
 def _fragment(price: str, quantity: str) -> bytes:
@@ -176,7 +191,7 @@ class BookSide:
     def __init__(self, is_ask: bool) -> None:
         self.is_ask = is_ask
         self.key_chunks: list[array[float]] = []
-        self.len_chunks: list[array[int]] = []
+        self.len_chunks: list[bytearray] = []
         self.blobs: list[bytearray] = []
         self.maxes: list[float] = []
         self.count = 0
@@ -205,8 +220,8 @@ class BookSide:
         for chunk in self.key_chunks:
             fragments = [merged[k] for k in chunk]
             try:
-                self.len_chunks.append(array("H", map(len, fragments)))
-            except OverflowError:  # a level's JSON longer than array("H") holds
+                self.len_chunks.append(bytearray(map(len, fragments)))
+            except ValueError:  # a level's JSON longer than 255 bytes
                 raise BadLevel("quantity", ("?", "?")) from None
             self.blobs.append(bytearray().join(reversed(fragments)))
         self.maxes = [chunk[-1] for chunk in self.key_chunks]
@@ -252,9 +267,10 @@ class BookSide:
                 half = len(keys) >> 1
                 if at < len(keys) and keys[at] == key:
                     # the levels better than this one come before it in the blob
-                    start = (
-                        sum(lengths[at + 1 :]) if at >= half else len(blob) - sum(lengths[: at + 1])
-                    )
+                    if at >= half:  # (adler32: see _sum)
+                        start = (adler32(lengths[at + 1 :]) & 0xFFFF) - 1
+                    else:
+                        start = len(blob) - (adler32(lengths[: at + 1]) & 0xFFFF) + 1
                     end = start + lengths[at]
                     if size:
                         fragment = f'["{price}","{quantity}"],'.encode()
@@ -268,7 +284,10 @@ class BookSide:
                     if len(keys) <= CHUNK >> 2:
                         self._merge(at_chunk)
                 elif size:
-                    start = sum(lengths[at:]) if at >= half else len(blob) - sum(lengths[:at])
+                    if at >= half:
+                        start = (adler32(lengths[at:]) & 0xFFFF) - 1
+                    else:
+                        start = len(blob) - (adler32(lengths[:at]) & 0xFFFF) + 1
                     fragment = f'["{price}","{quantity}"],'.encode()
                     lengths.insert(at, len(fragment))
                     keys.insert(at, key)
@@ -278,7 +297,9 @@ class BookSide:
                         maxes[at_chunk] = key
                     if len(keys) > CHUNK << 1:
                         self._split(at_chunk)
-        except OverflowError:  # a level's JSON longer than array("H") holds
+        except BadLevel:
+            raise
+        except ValueError:  # a level's JSON longer than 255 bytes: no exchange sends that
             raise BadLevel("quantity", (price, quantity[:40] + "...")) from None
         self.count = count
         if count > self.most:
@@ -286,7 +307,7 @@ class BookSide:
 
     def _start(self, key: float, fragment: bytes) -> None:
         self.key_chunks.append(array("d", (key,)))
-        self.len_chunks.append(array("H", (len(fragment),)))
+        self.len_chunks.append(bytearray((len(fragment),)))
         self.blobs.append(bytearray(fragment))
         self.maxes.append(key)
 
@@ -296,7 +317,7 @@ class BookSide:
             self.len_chunks[at_chunk],
             self.blobs[at_chunk],
         )
-        better = sum(lengths[CHUNK:])  # the better half leads the blob
+        better = _sum(lengths[CHUNK:])  # the better half leads the blob
         self.key_chunks.insert(at_chunk + 1, keys[CHUNK:])
         self.len_chunks.insert(at_chunk + 1, lengths[CHUNK:])
         self.blobs.insert(at_chunk + 1, blob[:better])
@@ -338,7 +359,7 @@ class BookSide:
             len_chunks.pop(0)
             blobs.pop(0)
             self.maxes.pop(0)
-        worst = sum(len_chunks[0][:excess])  # the worst levels end the blob
+        worst = _sum(len_chunks[0][:excess])  # the worst levels end the blob
         del key_chunks[0][:excess], len_chunks[0][:excess], blobs[0][len(blobs[0]) - worst :]
         self.floor = key_chunks[0][0]
 

@@ -236,3 +236,11 @@ def test_spellings_float_takes_are_still_taken(spelling: str) -> None:
         [(10.0, float(spelling))],
         [(float(spelling), 1.0)],
     )
+
+
+def test_a_level_too_long_to_publish_is_refused() -> None:
+    with pytest.raises(BadLevel) as err:
+        book().apply([("1", "1." + "0" * 300)], [])
+    assert err.value.kind == "quantity"
+    with pytest.raises(BadLevel):
+        book(bids=[("1", "1." + "0" * 300)])
