@@ -119,6 +119,10 @@ class ServiceContext:
         if self.leading and self.cache is not None:
             self.cache.push_recent(key, payload, keep)
 
+    def cache_catch_up_recent(self, key: str, items: list[bytes], order_field: str) -> None:
+        if self.leading and self.cache is not None:
+            self.cache.catch_up_recent(key, items, order_field)
+
     def cache_fields(self, name: str, mapping: dict[str, bytes]) -> None:
         if self.leading and self.cache is not None:
             self.cache.hset_many(name, mapping)

@@ -32,7 +32,7 @@ from marketpipe.services.feed_messages import BadRow, trade_message, trades_from
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.services.trade_gaps import FetchMissing, FetchQueue, Step, TradeSequencer
 from marketpipe.sources.assets import Universe
-from marketpipe.transport.redis_cache import trades_key
+from marketpipe.transport.redis_cache import RECENT_KEEP, trades_key
 
 log = get_logger(__name__)
 
@@ -105,7 +105,14 @@ class TradesService:
         self._outbox.clear()  # queued while following: the catch-up below covers it, in order
         for symbol, seq in self._sequencers.items():
             recent = self._recent.get(symbol, ())
-            step = seq.resume_after(self._published.get(symbol), [(t, p) for _, t, p in recent])
+            published = self._published.get(symbol)
+            if published is not None:
+                # the previous leader's last trades may be on NATS but not yet in Redis
+                sent = [trade for _, trade_id, trade in recent if trade_id <= published]
+                self._ctx.cache_catch_up_recent(
+                    trades_key(symbol), [trade_message(t) for t in sent[-RECENT_KEEP:]], "t"
+                )
+            step = seq.resume_after(published, [(t, p) for _, t, p in recent])
             if step.publish or step.fetch is not None:
                 log.info(
                     "trades_resumed",

@@ -45,6 +45,27 @@ log = get_logger("marketpipe.transport.redis")
 RECENT_KEEP = 10
 # Bytes of values per pipeline: ~64 books of 16 KB, a few milliseconds of Redis work each.
 PIPELINE_BYTES = 1 << 20
+# KEYS[1]: a list, newest first; ARGV: the order field, how many to keep, then items oldest first.
+# Pushes the items newer than the head (all of them on an empty list or an unreadable head).
+_CATCH_UP_SCRIPT = """
+local field = ARGV[1]
+local newest = nil
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head then
+  local ok, decoded = pcall(cjson.decode, head)
+  if ok and type(decoded) == 'table' then newest = tonumber(decoded[field]) end
+end
+for i = 3, #ARGV do
+  local ok, item = pcall(cjson.decode, ARGV[i])
+  local order = ok and type(item) == 'table' and tonumber(item[field]) or nil
+  if newest == nil or (order ~= nil and order > newest) then
+    redis.call('LPUSH', KEYS[1], ARGV[i])
+    if order ~= nil then newest = order end
+  end
+end
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+return 1
+"""
 MARKETS_HASH = "markets"
 CACHE_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -94,6 +115,7 @@ class RedisCache:
         # what changed since the last flush
         self._dirty_values: set[str] = set()
         self._new_items: dict[str, deque[bytes]] = {}  # oldest first
+        self._catch_ups: dict[str, tuple[list[bytes], str, int]] = {}
         self._dirty_fields: dict[str, set[str]] = {}
         self._deleted_fields: dict[str, set[str]] = {}
         self._refill_needed = False
@@ -136,6 +158,19 @@ class RedisCache:
         if new is None:
             new = self._new_items[key] = deque(maxlen=keep)
         new.append(value)
+        self._wake.set()
+
+    def catch_up_recent(
+        self, key: str, items: list[bytes], order_field: str, keep: int = RECENT_KEEP
+    ) -> None:
+        """Push, before anything pushed later, those of ``items`` (JSON objects, oldest first, with
+        an increasing integer ``order_field``) that are newer than the list's head in Redis: a new
+        leader's catch-up of what the previous one published but had not yet written."""
+        if not items:
+            return
+        self._catch_ups[key] = (items, order_field, keep)
+        if key not in self._lists and self._admit():
+            self._lists[key] = deque(reversed(items), maxlen=keep)
         self._wake.set()
 
     def hset(self, name: str, field: str, value: bytes) -> None:
@@ -250,6 +285,9 @@ class RedisCache:
         for key in self._dirty_values:
             value = self._values[key]
             chunks.take(len(value)).set(prefix + key, value)
+        for key, (older, field, keep) in self._catch_ups.items():
+            pipe = chunks.take(sum(map(len, older)))
+            pipe.eval(_CATCH_UP_SCRIPT, 1, prefix + key, field, keep, *older)
         for key, items in self._new_items.items():
             pipe = chunks.take(sum(map(len, items)))
             pipe.lpush(prefix + key, *items)
@@ -267,6 +305,7 @@ class RedisCache:
     def _clear_pending(self) -> None:
         self._dirty_values = set()
         self._new_items = {}
+        self._catch_ups = {}
         self._dirty_fields = {}
         self._deleted_fields = {}
 

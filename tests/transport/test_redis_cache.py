@@ -196,3 +196,24 @@ async def test_a_reader_only_cache_writes_nothing(fresh_redis: RedisServer) -> N
     assert await raw.dbsize() == 0
     await raw.aclose()
     await cache.close()
+
+
+async def test_a_catch_up_pushes_only_what_the_list_lacks_before_later_pushes(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    trade = lambda t: b'{"s":"BTCUSDT","t":%d}' % t  # noqa: E731
+    cache = RedisCache(redis_server.url, prefix="t9:", writer="t9", flush_interval=30)
+    await cache.start()
+    cache.set_value(orderbook_key("BTCUSDT"), b"b")
+    await cache.flush()  # the first write plants the writer's sentinel
+    await raw.lpush("t9:trades:BTCUSDT", *[trade(t) for t in range(1, 6)])  # the previous leader
+    await raw.lpush("t9:trades:ETHUSDT", b"not json")
+    cache.catch_up_recent(trades_key("BTCUSDT"), [trade(t) for t in range(3, 9)], "t")
+    cache.push_recent(trades_key("BTCUSDT"), trade(9))
+    cache.catch_up_recent(trades_key("ETHUSDT"), [trade(1)], "t")
+    cache.catch_up_recent(trades_key("XRPUSDT"), [trade(1), trade(2)], "t")
+    await cache.flush()
+    assert await raw.lrange("t9:trades:BTCUSDT", 0, -1) == [trade(t) for t in range(9, 0, -1)]
+    assert await raw.lrange("t9:trades:ETHUSDT", 0, -1) == [trade(1), b"not json"]
+    assert await raw.lrange("t9:trades:XRPUSDT", 0, -1) == [trade(2), trade(1)]
+    await cache.close()
