@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,15 @@ async def test_every_trade_once_in_order_across_a_disconnect(
         await asyncio.sleep(2)
         await blocking(sim.fault, type="close", abrupt=True)  # every stream connection drops
         await asyncio.sleep(0.5)
-        await blocking(sim.fault, type="malformed", kind="wrong_types")
+        # a malformed frame needs a connection to travel on: again until one has been counted
+        schema = functools.partial(
+            metric, service, "marketpipe_bad_input_total", source="exchange_ws", kind="schema"
+        )
+        deadline = time.monotonic() + 10
+        while await blocking(schema) == 0:
+            assert time.monotonic() < deadline, "no malformed frame reached the service"
+            await blocking(sim.fault, type="malformed", kind="wrong_types")
+            await asyncio.sleep(0.3)
         await blocking(sim.fault, type="close", code=1011)
         await asyncio.sleep(2.5)
         await blocking(sim.pause)
