@@ -1,8 +1,9 @@
 # The one image every marketpipe service runs from: `marketpipe <service> --port 8080`.
 # Build: docker build -t marketpipe:0.1.0 .
-FROM python:3.11-slim-bookworm AS build
+# The full image has the C compiler that the compiled book (marketpipe/book/side.pyx) needs.
+FROM python:3.11-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY marketpipe ./marketpipe
 RUN pip install --no-cache-dir --prefix=/install .
 

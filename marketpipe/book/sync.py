@@ -11,7 +11,7 @@ procedure is binance-spot.md §3.1 with the notes of §3.3:
 * the buffer is bounded: overflow discards it and restarts (counted), never unbounded memory.
 
 Impossible input discards the book rather than publish a wrong one: ``u < U``, a level that is not a
-positive price with a non-negative quantity (:class:`~marketpipe.book.book.BadLevel`), a crossed
+positive price with a non-negative quantity (:class:`~marketpipe.book.levels.BadLevel`), a crossed
 book after a diff (best bid >= best ask), a diff for another symbol (refused, book kept). Each
 symbol has its own machine, so one symbol's resync never touches another.
 """
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from marketpipe.book.book import BadLevel, OrderBook
+from marketpipe.book.book import OrderBook
+from marketpipe.book.levels import BadLevel
 from marketpipe.exchange.messages import DepthUpdate
 
 

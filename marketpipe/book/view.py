@@ -8,7 +8,7 @@ the bound, and the single level whose key equals ``float(bound)`` (keys are uniq
 exactly. A book with an empty side has no mid: its view is the best ``Depth`` levels unfiltered.
 
 Levels are the book's pre-encoded JSON (the exchange's strings, byte-identical), kept in
-contiguous blobs, so a message is one join of a few slices.
+contiguous blobs, so a message is one allocation and a few copies (``side.view_message``).
 
 A side is only known down to its window's floor (``book.py``). When the market has walked away
 from the snapshot, the view may need levels beyond the floor that the book has never seen: then
@@ -24,7 +24,9 @@ from typing import Protocol
 
 import orjson
 
-from marketpipe.book.book import INF, BookSide, OrderBook, Piece, price_of, release
+from marketpipe.book.book import OrderBook
+from marketpipe.book.levels import INF, price_of
+from marketpipe.book.side import BookSide, view_message
 from marketpipe.book.sync import BookSync
 
 # Prices have at most 15 digits and percentages are short: 40 digits keep every bound exact.
@@ -52,11 +54,9 @@ def spread_bounds(best_bid: str, best_ask: str, max_spread_pct: float) -> tuple[
     return ctx.multiply(mid, ctx.subtract(1, share)), ctx.multiply(mid, ctx.add(1, share))
 
 
-Pieces = list[Piece]
-
-
-def _inside(side: BookSide, bound: Decimal, depth: int) -> Pieces | None:
-    """The JSON of the side's best ``depth`` levels that are inside ``bound`` (None: unknown)."""
+def _inside(side: BookSide, bound: Decimal, depth: int) -> int | None:
+    """How many of the side's best levels the view shows: at most ``depth``, all inside
+    ``bound`` (None: unknown)."""
     key = -float(bound) if side.is_ask else float(bound)
     count, tie = side.levels_from(key)
     reaches = side.floor < key  # the window goes past the bound
@@ -70,53 +70,44 @@ def _inside(side: BookSide, bound: Decimal, depth: int) -> Pieces | None:
         )
     if count < depth and not reaches:
         return None
-    return side.best_json(min(count, depth))
+    return min(count, depth)
 
 
-def _best(side: BookSide, depth: int) -> Pieces | None:
-    """The JSON of the side's best ``depth`` levels, unfiltered (None: unknown)."""
+def _best(side: BookSide, depth: int) -> int | None:
+    """How many of the side's best levels the view shows, unfiltered (None: unknown)."""
     if side.count < depth and side.floor != -INF:
         return None
-    return side.best_json(depth)
+    return min(side.count, depth)
 
 
 def book_json(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[bytes, bytes] | None:
     """The JSON bodies (without brackets) of the bids and asks arrays of the view; None when the
     book's window no longer covers it."""
-    sides = view_pieces(book, max_spread_pct, depth)
-    if sides is None:
+    counts = view_counts(book, max_spread_pct, depth)
+    if counts is None:
         return None
-    bids, asks = sides
-    try:
-        return b"".join(bids), b"".join(asks)
-    finally:
-        release(bids)
-        release(asks)
+    return book.bids.best_json(counts[0]), book.asks.best_json(counts[1])
 
 
-def view_pieces(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[Pieces, Pieces] | None:
-    """The JSON bodies (without brackets, in pieces to join) of the bids and asks arrays of the
-    view; None when the book's window no longer covers it (the caller resyncs the book)."""
+def view_counts(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[int, int] | None:
+    """How many bids and asks the view shows; None when the book's window no longer covers it
+    (the caller resyncs the book)."""
     bids, asks = book.bids, book.asks
     if not (bids.count and asks.count):
-        bid_json, ask_json = _best(bids, depth), _best(asks, depth)
-        return None if bid_json is None or ask_json is None else (bid_json, ask_json)
-    low, high = spread_bounds(
-        bids.best_price(),
-        asks.best_price(),
-        max_spread_pct,
-    )
-    bid_json, ask_json = _inside(bids, low, depth), _inside(asks, high, depth)
-    return None if bid_json is None or ask_json is None else (bid_json, ask_json)
+        bid_count, ask_count = _best(bids, depth), _best(asks, depth)
+    else:
+        low, high = spread_bounds(bids.best_price(), asks.best_price(), max_spread_pct)
+        bid_count, ask_count = _inside(bids, low, depth), _inside(asks, high, depth)
+    return None if bid_count is None or ask_count is None else (bid_count, ask_count)
 
 
 def render_view(sync: BookSync, settings: ViewSettings, seq: int, epoch: int) -> bytes | None:
     """The ``orderbook.<SYMBOL>`` message of a live book (the caller checks it is live); None
     when the book's window no longer covers the view (``BookSync.on_window_lost``)."""
-    sides = view_pieces(sync.book, settings.max_spread_pct, settings.depth)
-    if sides is None:
+    book = sync.book
+    counts = view_counts(book, settings.max_spread_pct, settings.depth)
+    if counts is None:
         return None
-    bids, asks = sides
     head = b'{"symbol":%s,"lastUpdateId":%d,"E":%d,"seq":%d,"epoch":%d,"bids":[' % (
         orjson.dumps(sync.symbol),
         sync.last_update_id,
@@ -124,8 +115,4 @@ def render_view(sync: BookSync, settings: ViewSettings, seq: int, epoch: int) ->
         seq,
         epoch,
     )
-    try:
-        return b"".join([head, *bids, b'],"asks":[', *asks, b"]}"])
-    finally:
-        release(bids)
-        release(asks)
+    return view_message(head, book.bids, counts[0], book.asks, counts[1])

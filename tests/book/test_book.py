@@ -9,14 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketpipe.book import book as book_module
-from marketpipe.book.book import (
+from marketpipe.book.book import OrderBook
+from marketpipe.book.levels import (
     INF,
     BadLevel,
-    OrderBook,
     checked_numbers,
     decode_fragment,
     encode_level,
-    release,
 )
 
 
@@ -50,7 +49,7 @@ def test_sides_are_ordered_best_first() -> None:
 
 def test_strings_are_published_byte_identical() -> None:
     b = book(bids=[("61234.01000000", "0.51200000")])
-    assert b.bids.fragments == [b'["61234.01000000","0.51200000"]']
+    assert b.bids.fragments() == [b'["61234.01000000","0.51200000"]']
     assert decode_fragment(encode_level("0.00001234", "12345678901.00")) == (
         "0.00001234",
         "12345678901.00",
@@ -193,15 +192,14 @@ def test_chunked_side_matches_a_dict_model_in_its_window(
             assert len(side) == len(expected)
             cap = limit if limit is not None else max(len(levels), 1)
             assert len(side) <= cap + cap // 4
-            assert all(0 < len(c) <= 2 * chunk for c in side.key_chunks)
-            assert side.maxes == [c[-1] for c in side.key_chunks]
-            assert [len(blob) for blob in side.blobs] == [sum(n) for n in side.len_chunks]
-            for depth in (1, 3, len(side) + 1):
-                pieces = side.best_json(depth)
-                body = b"".join(pieces)
-                release(pieces)
+            layout = side.layout()
+            assert all(0 < len(keys) <= 2 * chunk for keys, _, _ in layout)
+            assert side.chunk_bests() == [keys[-1] for keys, _, _ in layout]
+            assert [len(blob) for _, _, blob in layout] == [sum(n) for _, n, _ in layout]
+            for depth in (0, 1, 3, len(side) + 1):
+                body = side.best_json(depth)
                 assert body == b",".join(encode_level(p, q) for p, q in expected[:depth])
-            assert [k for c in side.key_chunks for k in c] == sorted(
+            assert [k for keys, _, _ in layout for k in keys] == sorted(
                 -float(p) if is_ask else float(p) for p, _ in expected
             )
             for rank, (price, _) in enumerate(expected, start=1):

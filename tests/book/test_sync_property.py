@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marketpipe.book.book import BookSide
+from marketpipe.book.side import BookSide
 from marketpipe.book.sync import BookState, BookSync, FetchSnapshot
 from marketpipe.book.view import render_view
 from marketpipe.exchange.messages import DepthUpdate
