@@ -43,6 +43,8 @@ _STREAM_PREFIX = b'{"stream":"'
 SHUTDOWN_STREAM = "!serverShutdown"
 TICK_SECONDS = 0.25
 CLOSE_TIMEOUT_SECONDS = 2.0
+# Frames a link handles before it lets the rest of the loop run (~0.3 ms of order book work).
+FRAMES_PER_TURN = 32
 
 
 def stream_name(raw: bytes) -> str | None:
@@ -198,10 +200,17 @@ class StreamHub:
         STREAM_CONNECTIONS.inc()
         self.plan.on_open(link_id, loop.time())
         self._wakeup.set()
+        turn = 0
         try:
             async for msg in ws:
                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     self._on_raw(link_id, msg.data, loop.time())
+                    turn += 1
+                    if turn == FRAMES_PER_TURN:
+                        # A connection's backlog is read without suspending: hand the loop
+                        # over now and then, or other links and publishers wait for all of it.
+                        turn = 0
+                        await asyncio.sleep(0)
                 elif msg.type is aiohttp.WSMsgType.PING:
                     # Answered by hand (not autoping) so pings count as signs of life.
                     await ws.pong(msg.data)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -221,6 +222,10 @@ async def _start(ctx: ServiceContext, service: Service) -> None:
         await ctx.cache.start()
     await service.start()
     await ctx.leadership.start()
+    # What exists now lives as long as the process: out of the collector's sight, a full
+    # collection no longer walks it (~40 ms with 2000 books, a stall in every latency).
+    gc.collect()
+    gc.freeze()
 
 
 async def _shutdown(
