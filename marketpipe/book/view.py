@@ -44,20 +44,28 @@ class ViewSettings(Protocol):
     def depth(self) -> int: ...
 
 
-@functools.lru_cache(maxsize=8192)  # the top of a book moves less often than it is published
 def spread_bounds(best_bid: str, best_ask: str, max_spread_pct: float) -> tuple[Decimal, Decimal]:
     """(lowest bid kept, highest ask kept), exact. ``repr`` of the percentage is the decimal
     the settings were written with (``5.5``, not its binary approximation)."""
+    low, high, _, _ = _bounds(best_bid, best_ask, max_spread_pct)
+    return low, high
+
+
+@functools.lru_cache(maxsize=8192)  # the top of a book moves less often than it is published
+def _bounds(
+    best_bid: str, best_ask: str, max_spread_pct: float
+) -> tuple[Decimal, Decimal, float, float]:
+    """The exact bounds and their keys in each side's order (bids: the price, asks: minus it)."""
     ctx = _EXACT
     mid = ctx.divide(ctx.add(Decimal(best_bid), Decimal(best_ask)), _TWO)
     share = ctx.divide(Decimal(repr(max_spread_pct)), _HUNDRED)
-    return ctx.multiply(mid, ctx.subtract(1, share)), ctx.multiply(mid, ctx.add(1, share))
+    low, high = ctx.multiply(mid, ctx.subtract(1, share)), ctx.multiply(mid, ctx.add(1, share))
+    return low, high, float(low), -float(high)
 
 
-def _inside(side: BookSide, bound: Decimal, depth: int) -> int | None:
+def _inside(side: BookSide, bound: Decimal, key: float, depth: int) -> int | None:
     """How many of the side's best levels the view shows: at most ``depth``, all inside
-    ``bound`` (None: unknown)."""
-    key = -float(bound) if side.is_ask else float(bound)
+    ``bound`` (None: unknown); ``key`` is the bound's key in the side's order."""
     count, tie = side.levels_from(key)
     reaches = side.floor < key  # the window goes past the bound
     if tie is not None:
@@ -96,8 +104,11 @@ def view_counts(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[int
     if not (bids.count and asks.count):
         bid_count, ask_count = _best(bids, depth), _best(asks, depth)
     else:
-        low, high = spread_bounds(bids.best_price(), asks.best_price(), max_spread_pct)
-        bid_count, ask_count = _inside(bids, low, depth), _inside(asks, high, depth)
+        low, high, low_key, high_key = _bounds(bids.best_price(), asks.best_price(), max_spread_pct)
+        bid_count, ask_count = (
+            _inside(bids, low, low_key, depth),
+            _inside(asks, high, high_key, depth),
+        )
     return None if bid_count is None or ask_count is None else (bid_count, ask_count)
 
 
