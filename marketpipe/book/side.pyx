@@ -38,7 +38,7 @@ cdef enum:
     MAX_CHUNK = 128  # the default and the largest ``chunk``
     # A chunk holds up to 2 * chunk levels, one more before it splits, and a merge can add
     # chunk / 4 to a full one before that split.
-    LEVELS_ROOM = 3 * MAX_CHUNK
+    LEVELS_ROOM = 2 * MAX_CHUNK + MAX_CHUNK // 4 + 1
     SHORT_PRICE = 16  # at most 15 digits: no precision check needed
     LONGEST_FRAGMENT = 255  # a length is one byte; no exchange sends a level near that
     FRAGMENT_FRAME = 8  # '["' + '","' + '"],'
