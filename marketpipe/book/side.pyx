@@ -404,7 +404,7 @@ cdef class BookSide:
         c = self.chunks[self.n_chunks - 1]
         while c.blob[end] != b'"':
             end += 1
-        return c.blob[2:end].decode("ascii")
+        return c.blob[2:end].decode("utf-8")
 
     cdef Py_ssize_t _json_size(self, Py_ssize_t count) noexcept:
         """Bytes of the best ``count`` levels' JSON, commas between them (not after)."""

@@ -56,6 +56,13 @@ def test_strings_are_published_byte_identical() -> None:
     )
 
 
+def test_a_spelling_only_float_takes_keeps_its_string() -> None:
+    """Non-ASCII digits (``float()`` reads them) go out as they came, and the best price too."""
+    b = book(bids=[("\u0661\u0660", "1")], asks=[("11", "1")], limit=None)
+    assert b.bids.best_price() == "\u0661\u0660"
+    assert b.bids.fragments() == ['["\u0661\u0660","1"]'.encode()]
+
+
 def test_equal_prices_written_differently_are_one_level() -> None:
     b = book(bids=[("10.0", "1")])
     b.apply([("10.00000000", "2")], [])
