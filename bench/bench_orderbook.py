@@ -22,7 +22,9 @@ measured window starts once every book is live (``/readyz``), and the sync time 
      this is the time the pipeline adds on top of what the throttle forces (a change arriving
      after a quiet interval counts from its ``E``).
    Lag: p50 beyond the throttle per tenth of the window (it must not grow). CPU share of each
-   process from ``/proc/<pid>/stat`` (100 % = one core), the service's RSS at start and end.
+   process from ``/proc/<pid>/stat`` (100 % = one core), the service's RSS at start and end, and
+   the book resyncs in the window by reason (``window`` ones show the market walking out of the
+   snapshots' windows: at 200 pairs over 5 minutes, 16, about one per pair-hour).
 
 Prints figures and ratios against the baseline and the targets (<= 1 core, p99 <= 20 ms), and
 the machine's load average over the window (the machine is shared: compare CPU per diff between
@@ -112,21 +114,42 @@ async def bare_client(sim: SimulatorProcess, pairs: list[str], seconds: float) -
     return latencies
 
 
-async def counters(port: int) -> tuple[float, float]:
-    """(books published, depth frames received) so far, from the service's /metrics."""
+@dataclass
+class Counters:
+    """What the service has counted so far (its /metrics)."""
+
+    published: float = 0.0  # books
+    received: float = 0.0  # depth frames
+    resyncs: dict[str, float] = field(default_factory=dict)  # by reason
+
+    def since(self, earlier: Counters) -> dict[str, float]:
+        """Resyncs by reason between ``earlier`` and these."""
+        return {
+            reason: count - earlier.resyncs.get(reason, 0.0)
+            for reason, count in self.resyncs.items()
+            if count > earlier.resyncs.get(reason, 0.0)
+        }
+
+
+_RESYNC = 'marketpipe_book_resyncs_total{reason="'
+
+
+async def counters(port: int) -> Counters:
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{port}/metrics") as resp,
     ):
         text = await resp.text()
-    published = received = 0.0
+    found = Counters()
     for line in text.splitlines():
-        value = line.rsplit(" ", 1)[-1]
+        value = float(line.rsplit(" ", 1)[-1]) if not line.startswith("#") else 0.0
         if line.startswith('marketpipe_published_messages_total{channel="orderbook"}'):
-            published += float(value)
+            found.published += value
         elif line.startswith('marketpipe_exchange_messages_total{stream="depth"}'):
-            received += float(value)
-    return published, received
+            found.received += value
+        elif line.startswith(_RESYNC):
+            found.resyncs[line[len(_RESYNC) : line.index('"', len(_RESYNC))]] = value
+    return found
 
 
 async def run_service(
@@ -170,7 +193,7 @@ async def run_service(
         }
         cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
         split_before = cpu_split(pid)
-        published_before, received_before = await counters(port)
+        before = await counters(port)
         profiler = start_profiler(pid, seconds, profile) if profile else None
         started = time.monotonic()
         samples.counting = True
@@ -178,7 +201,7 @@ async def run_service(
         samples.counting = False
         elapsed = time.monotonic() - started
         load = os.getloadavg()[0]
-        published_after, received_after = await counters(port)
+        after = await counters(port)
         cpu = {name: (cpu_seconds(p) - cpu_before[name]) / elapsed for name, p in pids.items()}
         split = [(b - a) / elapsed for a, b in zip(split_before, cpu_split(pid), strict=True)]
         rss_end = rss_mb(pid)
@@ -191,8 +214,9 @@ async def run_service(
         "samples": samples,
         "cpu": cpu,
         "rss": (rss_start, rss_end),
-        "published_per_second": (published_after - published_before) / elapsed,
-        "received_per_second": (received_after - received_before) / elapsed,
+        "published_per_second": (after.published - before.published) / elapsed,
+        "received_per_second": (after.received - before.received) / elapsed,
+        "resyncs": after.since(before),
         "synced_after": synced_after,
         "load": load,
         "split": split,
@@ -306,6 +330,11 @@ async def main(args: argparse.Namespace) -> None:
         per_book = cpu["orderbook"] / published * 1e6 if published else float("nan")
         print(f"  CPU per book published (all of the service's CPU / books): {per_book:.0f} us")
         print(f"  RSS: {rss_start:.0f} MB at start, {rss_end:.0f} MB at end")
+        resyncs = result["resyncs"]
+        print(
+            "  book resyncs in the window: "
+            + (", ".join(f"{r} {n:.0f}" for r, n in sorted(resyncs.items())) or "none")
+        )
         print(f"  load average (1 min) at the end of the window: {result['load']:.1f}")
         if args.profile:
             print(f"  profile: {args.profile}")
