@@ -27,9 +27,12 @@ measured window starts once every book is live (``/readyz``), and the sync time 
    snapshots' windows: at 200 pairs over 5 minutes, 16, about one per pair-hour).
 
 Prints figures and ratios against the baseline and the targets (<= 1 core, p99 <= 20 ms), and
-the machine's load average over the window (the machine is shared: compare CPU per diff between
-runs, not absolute latencies of a loaded machine). ``--profile`` records the service with py-spy
-during the window (``.svg``: a flame graph; anything else: collapsed stacks for grepping).
+the machine's contention over the window: how busy all its cores were, and the share of the
+window the service's event loop was runnable but waiting for a core (``/proc/<pid>/schedstat``;
+the simulator, NATS and this process share the machine's cores with it). The machine is shared:
+compare CPU per diff between runs, not absolute latencies of a loaded machine. ``--profile``
+records the service with py-spy during the window (``.svg``: a flame graph; anything else:
+collapsed stacks for grepping).
 """
 
 from __future__ import annotations
@@ -49,7 +52,14 @@ import aiohttp
 import nats
 import orjson
 
-from bench.procstat import cpu_seconds, cpu_split, percentile, rss_mb
+from bench.procstat import (
+    cpu_seconds,
+    cpu_split,
+    machine_busy_seconds,
+    percentile,
+    rss_mb,
+    run_and_wait_seconds,
+)
 from marketpipe.infra.local import NatsCluster, Process, RedisServer
 from marketpipe.infra.services import service_env, service_port, start_service
 from marketpipe.infra.simulator import SimulatorProcess
@@ -193,6 +203,7 @@ async def run_service(
         }
         cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
         split_before = cpu_split(pid)
+        sched_before, machine_before = run_and_wait_seconds(pid), machine_busy_seconds()
         before = await counters(port)
         profiler = start_profiler(pid, seconds, profile) if profile else None
         started = time.monotonic()
@@ -204,6 +215,8 @@ async def run_service(
         after = await counters(port)
         cpu = {name: (cpu_seconds(p) - cpu_before[name]) / elapsed for name, p in pids.items()}
         split = [(b - a) / elapsed for a, b in zip(split_before, cpu_split(pid), strict=True)]
+        waited = (run_and_wait_seconds(pid)[1] - sched_before[1]) / elapsed
+        busy, total = (b - a for a, b in zip(machine_before, machine_busy_seconds(), strict=True))
         rss_end = rss_mb(pid)
         if profiler is not None:
             await asyncio.to_thread(profiler.wait, 30)
@@ -220,6 +233,9 @@ async def run_service(
         "synced_after": synced_after,
         "load": load,
         "split": split,
+        "waited": waited,
+        "machine_busy": busy / total,
+        "cores": os.cpu_count(),
     }
 
 
@@ -334,6 +350,11 @@ async def main(args: argparse.Namespace) -> None:
         print(
             "  book resyncs in the window: "
             + (", ".join(f"{r} {n:.0f}" for r, n in sorted(resyncs.items())) or "none")
+        )
+        print(
+            f"  contention: the machine's {result['cores']} cores were "
+            f"{result['machine_busy']:.0%} busy; the service waited for a core "
+            f"{result['waited']:.0%} of the window (runnable, not running)"
         )
         print(f"  load average (1 min) at the end of the window: {result['load']:.1f}")
         if args.profile:

@@ -29,6 +29,20 @@ def cpu_split(pid: int) -> tuple[float, float, int]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, switches
 
 
+def run_and_wait_seconds(pid: int) -> tuple[float, float]:
+    """(seconds running on a CPU, seconds runnable but waiting for one) of a process's main
+    thread so far (``/proc/<pid>/schedstat``): the wait is what other processes cost it."""
+    run, wait, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(run) / 1e9, int(wait) / 1e9
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of all cores, all CPU seconds) since boot, from ``/proc/stat``."""
+    jiffies = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = jiffies[3] + jiffies[4]  # idle + iowait
+    return (sum(jiffies) - idle) / CLK_TCK, sum(jiffies) / CLK_TCK
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
