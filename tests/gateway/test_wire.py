@@ -304,3 +304,70 @@ async def test_shutdown_says_going_away(
         msg = await ws.receive(timeout=10)
         assert msg.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
     assert await asyncio.to_thread(doomed.process.proc.wait, 10) == 0
+
+
+async def test_the_connection_limit_refuses_with_503_until_a_place_frees(
+    start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    small = start_gateway(gateway_max_connections="2")
+    first = await http.ws_connect(small.ws_url)
+    async with http.ws_connect(small.ws_url):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(small.ws_url)
+        assert refused.value.status == 503
+        await first.close()
+        for _ in range(50):  # the gateway forgets a closed client once its reader has ended
+            try:
+                again = await http.ws_connect(small.ws_url)
+            except aiohttp.WSServerHandshakeError:
+                await asyncio.sleep(0.05)
+                continue
+            assert (await request(again, "subscribe", "trades@BTCUSDT"))["result"] == "subscribed"
+            await again.close()
+            break
+        else:
+            raise AssertionError("no place freed after a client left")
+    async with http.get(small.http_url + "/metrics") as resp:
+        text = await resp.text()
+    assert 'marketpipe_gateway_disconnects_total{reason="connection_limit"} 1.0' in text
+
+
+async def test_a_client_without_topics_is_closed_when_idle_one_with_topics_is_not(
+    start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    quick = start_gateway(gateway_idle_timeout_seconds="0.5")
+    async with (
+        http.ws_connect(quick.ws_url) as silent,
+        http.ws_connect(quick.ws_url) as subscribed,
+    ):
+        assert (await request(subscribed, "subscribe", "trades@BTCUSDT"))["result"]
+        msg = await silent.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and silent.close_code == 1000
+        assert msg.extra == "idle timeout"
+        assert await nothing_arrives(subscribed, within=1.0)  # twice the timeout, still open
+        assert not subscribed.closed
+        # it may still talk; once it drops its last topic, the idle clock runs for it too
+        assert (await request(subscribed, "unsubscribe", "trades@BTCUSDT"))["result"]
+        msg = await subscribed.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and subscribed.close_code == 1000
+
+
+async def test_negotiated_compression_carries_the_same_messages(
+    start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    compressing = start_gateway(gateway_compression="true")
+    nc = await nats.connect(compressing.nats_url)
+    try:
+        async with (
+            http.ws_connect(compressing.ws_url, compress=15) as deflated,
+            http.ws_connect(compressing.ws_url, compress=0) as plain,
+        ):
+            assert deflated.compress == 15 and plain.compress == 0
+            for ws in (deflated, plain):
+                assert (await request(ws, "subscribe", "trades@SOLUSDT"))["result"]
+            message = trade(7, symbol="SOLUSDT")
+            await publish(nc, "trades.SOLUSDT", message)
+            for ws in (deflated, plain):
+                assert await receive(ws) == {"topic": "trades@SOLUSDT", "data": message}
+    finally:
+        await nc.close()
