@@ -110,7 +110,9 @@ class OrderbookService:
         self.book_settings = SettingsSource(settings, self._on_settings)
         self.books: dict[str, BookSync] = {}
         self.priority: frozenset[str] = frozenset()
-        self.throttle = PublishThrottle(settings.publish_interval_ms / 1000)
+        self.throttle = PublishThrottle(
+            settings.publish_interval_ms / 1000, settings.publish_max_wait_ms / 1000
+        )
         self.status = StatusBoard()
         self.audits = AuditBook()
         self.admission = SyncAdmission(ADMISSION_WINDOW)

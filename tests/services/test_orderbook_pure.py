@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,13 +19,15 @@ changes = st.lists(
     st.tuples(st.sampled_from(["A", "B", "C"]), st.floats(min_value=0, max_value=0.3)),
     max_size=200,
 )
+# How long a change may wait for its slot (None: always, the throttle never defers).
+max_waits = st.sampled_from([None, 0.0, 0.01, 0.05])
 
 
 def _drive(
-    events: list[tuple[str, float]],
+    events: list[tuple[str, float]], max_wait: float | None
 ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """Feed changes to a throttle, publishing every symbol exactly when it becomes due."""
-    throttle = PublishThrottle(INTERVAL)
+    throttle = PublishThrottle(INTERVAL, max_wait)
     now = 0.0
     sent: list[tuple[str, float]] = []
     noted: list[tuple[str, float]] = []
@@ -47,9 +50,11 @@ def _drive(
     return noted, sent
 
 
-@given(changes)
-def test_throttle_at_most_one_per_interval_per_symbol(events: list[tuple[str, float]]) -> None:
-    _, sent = _drive(events)
+@given(changes, max_waits)
+def test_throttle_at_most_one_per_interval_per_symbol(
+    events: list[tuple[str, float]], max_wait: float | None
+) -> None:
+    _, sent = _drive(events, max_wait)
     last: dict[str, float] = {}
     for sym, t in sent:
         if sym in last:
@@ -57,29 +62,95 @@ def test_throttle_at_most_one_per_interval_per_symbol(events: list[tuple[str, fl
         last[sym] = t
 
 
-@given(changes)
-def test_throttle_every_change_goes_out_as_soon_as_allowed(events: list[tuple[str, float]]) -> None:
-    noted, sent = _drive(events)
+@given(changes, max_waits)
+def test_throttle_every_change_goes_out_in_time(
+    events: list[tuple[str, float]], max_wait: float | None
+) -> None:
+    noted, sent = _drive(events, max_wait)
     for sym, t in noted:
         later = [s for s_sym, s in sent if s_sym == sym and s >= t]
         assert later, "a change was never published"
         earlier = [s for s_sym, s in sent if s_sym == sym and s < t]
-        allowed = max(t, earlier[-1] + INTERVAL) if earlier else t
-        # published no later than its interval allowed (a later change may share the message)
-        assert later[0] <= allowed + 1e-9
+        slot = earlier[-1] + INTERVAL if earlier else t
+        if t >= slot:
+            deadline = t  # its interval is over: at once
+        elif max_wait is None or slot - t <= max_wait:
+            deadline = slot  # close to its slot: waits for it
+        else:
+            deadline = t + INTERVAL + max_wait  # or sooner, with a newer change
+        # (a later change may share the message)
+        assert later[0] <= deadline + 1e-9
+
+
+@given(changes, max_waits)
+def test_throttle_a_message_waits_for_its_slot_at_most_max_wait(
+    events: list[tuple[str, float]], max_wait: float | None
+) -> None:
+    """Unless every change it carries came more than ``max_wait`` before the slot (and none
+    came at or after it): a late message does not set the pace for the next ones."""
+    noted, sent = _drive(events, max_wait)
+    previous: dict[str, float] = {}
+    for sym, t in sent:
+        slot = previous.get(sym, -INTERVAL) + INTERVAL
+        newest = max(c for c_sym, c in noted if c_sym == sym and c <= t + 1e-12)
+        if max_wait is not None and t > max(newest, slot) + max_wait + 1e-9:
+            assert newest < slot - max_wait + 1e-9
+        previous[sym] = t
+
+
+def _regular_changes(throttle: PublishThrottle, late: float) -> list[float]:
+    """A pair changing every interval, whose message at 0.0 went out ``late``; when each of its
+    next ten changes reaches subscribers, counted from the change."""
+    assert throttle.changed("A", 0.0)
+    throttle.pop_due(0.0)
+    throttle.sent("A", late)
+    ages = []
+    for step in range(1, 11):
+        now = step * INTERVAL
+        while (due := throttle.next_due()) is not None and due < now:
+            for _ in throttle.pop_due(due):
+                throttle.sent("A", due)
+                ages.append(due - (now - INTERVAL))
+        if throttle.changed("A", now):
+            for _ in throttle.pop_due(now):
+                throttle.sent("A", now)
+                ages.append(0.0)
+    return ages
+
+
+def test_throttle_one_late_message_does_not_age_the_later_books() -> None:
+    # always waiting for the slot, every later book is as old as the first one was late
+    assert _regular_changes(PublishThrottle(INTERVAL), late=0.05) == [pytest.approx(0.05)] * 9
+    # deferring to the newer change: one change is skipped, then each goes out as it comes
+    ages = _regular_changes(PublishThrottle(INTERVAL, 0.01), late=0.05)
+    assert ages == [0.0] * 9
 
 
 def test_throttle_quiet_symbol_is_due_at_once_and_busy_one_waits() -> None:
-    throttle = PublishThrottle(INTERVAL)
+    throttle = PublishThrottle(INTERVAL, 0.01)
     assert throttle.changed("A", 10.0)
     assert throttle.pop_due(10.0) == ["A"]
     throttle.sent("A", 10.0)
-    assert not throttle.changed("A", 10.03)
-    assert not throttle.changed("A", 10.05)  # newer state: still one pending message
+    assert not throttle.changed("A", 10.095)  # 5 ms before its slot: waits for it
+    assert not throttle.changed("A", 10.097)  # newer state: still one pending message
     assert throttle.next_due() == 10.0 + INTERVAL
-    assert throttle.pop_due(10.09) == []
+    assert throttle.pop_due(10.099) == []
     assert throttle.pop_due(10.1) == ["A"]
     assert throttle.changed("B", 10.1)  # another symbol is not held back by A
+
+
+def test_throttle_early_change_waits_for_a_newer_one_or_its_deadline() -> None:
+    throttle = PublishThrottle(INTERVAL, 0.01)
+    throttle.sent("A", 10.0)
+    assert not throttle.changed("A", 10.03)  # 70 ms before its slot
+    assert throttle.next_due() == pytest.approx(10.03 + INTERVAL + 0.01)
+    assert not throttle.changed("A", 10.095)  # newer, 5 ms before the slot: the slot it is
+    assert throttle.next_due() == pytest.approx(10.1)
+    throttle.pop_due(10.1)
+    throttle.sent("A", 10.1)
+    assert not throttle.changed("A", 10.12)
+    assert throttle.changed("A", 10.2)  # a newer change at the slot goes out at once
+    assert throttle.pop_due(10.2) == ["A"]
 
 
 def test_throttle_discard_and_forget() -> None:
