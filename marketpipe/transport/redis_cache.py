@@ -282,9 +282,9 @@ class RedisCache:
         # Built in one synchronous pass: writes made while the pipelines are sent are pending
         # for the next flush.
         prefix = self.prefix
+        values = self._values
         for key in self._dirty_values:
-            value = self._values[key]
-            chunks.take(len(value)).set(prefix + key, value)
+            chunks.set_value(prefix + key, values[key])
         for key, (older, field, keep) in self._catch_ups.items():
             pipe = chunks.take(sum(map(len, older)))
             pipe.eval(_CATCH_UP_SCRIPT, 1, prefix + key, field, keep, *older)
@@ -300,6 +300,7 @@ class RedisCache:
         for name, fields in self._deleted_fields.items():
             if fields:
                 chunks.pipe.hdel(prefix + name, *fields)
+        chunks.finish()
         self._clear_pending()
 
     def _clear_pending(self) -> None:
@@ -316,7 +317,7 @@ class RedisCache:
         prefix = self.prefix
         chunks = _Chunks(self._redis, transaction=True)
         for key, value in self._values.items():
-            chunks.take(len(value)).set(prefix + key, value)
+            chunks.set_value(prefix + key, value)
         for key, items in self._lists.items():
             pipe = chunks.take(sum(map(len, items)))
             pipe.delete(prefix + key)
@@ -327,6 +328,7 @@ class RedisCache:
             pipe.delete(prefix + name)  # fields deleted while Redis was away go too
             if fields:
                 pipe.hset(prefix + name, mapping={f: v for f, v in fields.items()})
+        chunks.finish()
         chunks.pipe.set(self._sentinel, b"1")  # last: only a complete refill plants it
         self._clear_pending()
         self._refill_needed = True  # until every pipeline is known to have landed
@@ -368,7 +370,11 @@ class RedisCache:
 
 
 class _Chunks:
-    """Pipelines of about :data:`PIPELINE_BYTES` each, filled in order."""
+    """Pipelines of about :data:`PIPELINE_BYTES` each, filled in order.
+
+    Plain values go into one MSET per pipeline (:meth:`set_value`): a flush of 2000 books as
+    2000 SETs took ~8 ms of the event loop to queue, as ~30 MSETs well under 1 ms.
+    """
 
     def __init__(self, redis: aioredis.Redis, transaction: bool) -> None:
         self._redis = redis
@@ -376,12 +382,24 @@ class _Chunks:
         self.pipe: Pipeline = redis.pipeline(transaction=transaction)
         self.pipes = [self.pipe]
         self._bytes = 0
+        self._values: dict[str, bytes] = {}  # this pipeline's MSET, sent when it is full
 
     def take(self, size: int) -> Pipeline:
         """The pipeline for the next command of ``size`` bytes (a new one when this one is full)."""
         if self._bytes and self._bytes + size > PIPELINE_BYTES:
+            self.finish()
             self.pipe = self._redis.pipeline(transaction=self._transaction)
             self.pipes.append(self.pipe)
             self._bytes = 0
         self._bytes += size
         return self.pipe
+
+    def set_value(self, key: str, value: bytes) -> None:
+        self.take(len(value))
+        self._values[key] = value
+
+    def finish(self) -> None:
+        """Queue the current pipeline's MSET (call once every value is in)."""
+        if self._values:
+            self.pipe.mset(self._values)
+            self._values = {}
