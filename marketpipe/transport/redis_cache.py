@@ -15,7 +15,7 @@ Redis error they log, count and return an empty answer.
 
 How: every write lands in an in-memory mirror of last values (bounded by ``max_keys``) and marks
 its key dirty; one background task flushes the dirty keys every ``flush_interval`` seconds (so a
-key written 1000 times between flushes costs one SET: a key is written at most once per interval
+key written 1000 times between flushes is sent once: a key is written at most once per interval
 and its last value always lands). A flush is sent as pipelines of about
 :data:`PIPELINE_BYTES` each, so that thousands of 16 KB books never make one reply wait longer
 than the socket timeout, and the event loop gets a turn between them. On an error it counts
