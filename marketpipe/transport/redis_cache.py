@@ -246,11 +246,12 @@ class RedisCache:
 
     async def close(self) -> None:
         """Flush what is pending (best effort, within ``close_seconds``), then disconnect."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # Bounded, like every step here: shutdown must not hang on a cancellation that got
+            # lost inside the client library (seen once in CI: close() waited with no timer).
+            await asyncio.wait([task], timeout=self.close_seconds)
         # even if the last attempt failed (or none was made yet): Redis may answer now
         if self.pending_keys or self._refill_needed:
             try:
@@ -259,7 +260,8 @@ class RedisCache:
             except (*CACHE_ERRORS, asyncio.CancelledError) as exc:
                 log.warning("final redis flush incomplete", error=repr(exc))
         with contextlib.suppress(*CACHE_ERRORS):
-            await self._redis.aclose()
+            async with asyncio.timeout(self.close_seconds):
+                await self._redis.aclose()
 
     async def flush(self) -> None:
         """Write pending changes now (a full refill if Redis lost them); raises on Redis errors."""
