@@ -101,6 +101,8 @@ class RedisCache:
         self._max_keys = max_keys
         self._max_backoff = max_backoff
         self.close_seconds = close_seconds
+        # a whole read: connect + reply (the client's pool lock has no timeout of its own)
+        self._read_seconds = 2 * timeout
         self._redis = aioredis.from_url(
             url,
             socket_timeout=timeout,
@@ -212,7 +214,8 @@ class RedisCache:
 
     async def get_value(self, key: str) -> bytes | None:
         try:
-            value = cast("bytes | None", await self._redis.get(self.prefix + key))
+            async with asyncio.timeout(self._read_seconds):
+                value = cast("bytes | None", await self._redis.get(self.prefix + key))
         except CACHE_ERRORS as exc:
             self._read_failed(key, exc)
             return None
@@ -220,7 +223,10 @@ class RedisCache:
 
     async def get_recent(self, key: str, count: int = RECENT_KEEP) -> list[bytes]:
         try:
-            items = cast("list[bytes]", await self._redis.lrange(self.prefix + key, 0, count - 1))
+            async with asyncio.timeout(self._read_seconds):
+                items = cast(
+                    "list[bytes]", await self._redis.lrange(self.prefix + key, 0, count - 1)
+                )
         except CACHE_ERRORS as exc:
             self._read_failed(key, exc)
             return []
@@ -228,7 +234,8 @@ class RedisCache:
 
     async def hgetall(self, name: str) -> dict[str, bytes]:
         try:
-            raw = cast("dict[bytes, bytes]", await self._redis.hgetall(self.prefix + name))
+            async with asyncio.timeout(self._read_seconds):
+                raw = cast("dict[bytes, bytes]", await self._redis.hgetall(self.prefix + name))
         except CACHE_ERRORS as exc:
             self._read_failed(name, exc)
             return {}
