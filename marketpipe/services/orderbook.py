@@ -69,6 +69,9 @@ STREAM_KIND = "depth@100ms"
 SNAPSHOT_BUDGET_SHARE = 0.8
 AUDIT_LIMIT = 100  # weight 5: an audit costs next to nothing
 STATUS_REPUBLISH_SECONDS = 10.0
+# Every status goes out again each STATUS_REPUBLISH_SECONDS, a slice at a time: all 2000 at once
+# held the publisher (and every book due meanwhile) for about 10 ms.
+STATUS_REPUBLISH_SLICES = 40
 # New books that may wait for a snapshot at once (see sync_admission.py): enough to keep the
 # snapshot queue busy, few enough that their buffers stay small.
 ADMISSION_WINDOW = 32
@@ -292,8 +295,10 @@ class OrderbookService:
             self._status_out.append((status_subject(symbol), status.encode()))
             self._wake.set()
 
-    def _queue_all_status(self) -> None:
-        self._status_out.extend((status_subject(s.symbol), s.encode()) for s in self.status.all())
+    def _queue_all_status(self, part: int = 0, parts: int = 1) -> None:
+        """Queue every status, or every ``parts``-th one from the ``part``-th."""
+        statuses = self.status.all()[part::parts]
+        self._status_out.extend((status_subject(s.symbol), s.encode()) for s in statuses)
         self._wake.set()
 
     # --- publishing ---
@@ -356,9 +361,9 @@ class OrderbookService:
             self.ctx.cache_value(orderbook_key(symbol), payload)
 
     async def _republish_status_forever(self) -> None:
-        while True:
-            await asyncio.sleep(STATUS_REPUBLISH_SECONDS)
-            self._queue_all_status()
+        for part in itertools.cycle(range(STATUS_REPUBLISH_SLICES)):
+            await asyncio.sleep(STATUS_REPUBLISH_SECONDS / STATUS_REPUBLISH_SLICES)
+            self._queue_all_status(part, STATUS_REPUBLISH_SLICES)
 
     # --- audit ---
 

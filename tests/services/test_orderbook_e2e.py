@@ -385,6 +385,19 @@ async def test_a_resync_does_not_delay_the_other_books(rig: Rig) -> None:
     assert delays[-1] < 0.25, delays[-10:]
 
 
+async def test_every_state_is_sent_again_every_10_seconds_a_few_at_a_time(rig: Rig) -> None:
+    everyone = set(rig.symbols)
+    await rig.drive_until(lambda: rig.recorder.live() == everyone, within=60)
+    since = time.monotonic()
+    await rig.step_for(10.5)  # a market that never moves would look like a silent connection
+    repeated = [(t, m) for t, m in rig.recorder.status_history if t > since]
+    assert {m["symbol"] for _, m in repeated} == everyone
+    # a late subscriber learns every state within 10 s, but never from one burst of them all
+    times = sorted(t for t, _ in repeated)
+    busiest = max(sum(1 for u in times if t <= u < t + 0.1) for t in times)
+    assert busiest <= len(everyone) // 4, busiest
+
+
 async def test_pairs_and_settings_change_at_runtime(rig: Rig) -> None:
     everyone = set(rig.symbols)
     await rig.drive_until(lambda: rig.recorder.live() == everyone, within=60)
