@@ -190,20 +190,20 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._send_all()
+        self._send_all()
 
     async def _drain_forever(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._send_all()
+            self._send_all()
 
-    async def _send_all(self) -> None:
+    def _send_all(self) -> None:
         items, publish, cache = self._items, self._ctx.publish, self._cache
         while items:
             item = items.popleft()
             try:
-                sent = await publish(item.subject, item.payload)
+                sent = publish(item.subject, item.payload)
             except PayloadTooLargeError:
                 continue  # logged and counted by the publisher
             if not sent:

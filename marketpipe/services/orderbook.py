@@ -320,7 +320,7 @@ class OrderbookService:
             while self._status_out:
                 subject, payload = self._status_out.popleft()
                 with contextlib.suppress(PayloadTooLargeError):
-                    await self.ctx.publish(subject, payload)
+                    self.ctx.publish(subject, payload)
             now = time.monotonic()
             due = throttle.next_due()
             if due is None or due > now:
@@ -337,9 +337,9 @@ class OrderbookService:
                 self._publisher_sleeps_until = -math.inf  # awake: it looks at the throttle
                 continue
             for symbol in throttle.pop_due(now):
-                await self._publish_book(symbol)
+                self._publish_book(symbol)
 
-    async def _publish_book(self, symbol: str) -> None:
+    def _publish_book(self, symbol: str) -> None:
         sync = self.books.get(symbol)
         if sync is None or not sync.is_live:
             return
@@ -352,7 +352,7 @@ class OrderbookService:
             return
         self.throttle.sent(symbol, time.monotonic())
         try:
-            sent = await self.ctx.publish(f"orderbook.{symbol}", payload)
+            sent = self.ctx.publish(f"orderbook.{symbol}", payload)
         except PayloadTooLargeError:
             return  # logged and counted by the publisher
         if sent:

@@ -19,7 +19,7 @@ exit 0, all within :data:`SHUTDOWN_SECONDS`.
 Publishing goes through the context, which drops everything while this instance is not the
 leader (followers keep hot state, publish nothing)::
 
-    if await ctx.publish("trades.BTCUSDT", payload):     # False: not leader, nothing sent
+    if ctx.publish("trades.BTCUSDT", payload):     # False: not leader, nothing sent
         ctx.cache_recent(trades_key("BTCUSDT"), payload)  # also leader-gated, never blocks
 """
 
@@ -105,11 +105,12 @@ class ServiceContext:
 
     # --- the hot path ---
 
-    async def publish(self, subject: str, payload: bytes) -> bool:
-        """Publish if leader; returns whether it was sent. Raises PayloadTooLargeError."""
+    def publish(self, subject: str, payload: bytes) -> bool:
+        """Publish if leader (queued for the NATS flusher, no await); returns whether it was
+        sent. Raises PayloadTooLargeError."""
         if not self.leading:
             return False
-        await self.nats.publish(subject, payload)
+        self.nats.publish_now(subject, payload)
         return True
 
     def cache_value(self, key: str, payload: bytes) -> None:

@@ -34,7 +34,7 @@ class Dummy:
             self.count += 1
             tick = {"id": self.name, "n": self.count, "epoch": self.ctx.epoch}
             payload = orjson.dumps(tick)
-            if await self.ctx.publish("dummy.tick", payload):
+            if self.ctx.publish("dummy.tick", payload):
                 self.ctx.cache_value("dummy:last", payload)
             await asyncio.sleep(0.01)
 
@@ -43,7 +43,7 @@ class Dummy:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        await self.ctx.publish("dummy.bye", self.name.encode())
+        self.ctx.publish("dummy.bye", self.name.encode())
 
     def ready(self) -> bool:
         return self.task is not None

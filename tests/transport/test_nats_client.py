@@ -109,3 +109,34 @@ async def test_publisher_survives_the_kill_of_its_node(fresh_nats_cluster: NatsC
     assert received[-1] == sent - 1
     await pub.drain()
     await sub.drain()
+
+
+async def test_publishing_on_a_closed_client_is_dropped_and_counted(
+    nats_cluster: NatsCluster,
+) -> None:
+    pub = await _connected(nats_cluster.urls[0])
+    await pub.drain()
+    labels = {"channel": "trades", "reason": "ConnectionClosedError"}
+    before = REGISTRY.get_sample_value("marketpipe_publish_errors_total", labels) or 0
+    pub.publish_now("trades.BTCUSDT", b"{}")  # never raises: the caller's loop goes on
+    await pub.publish("trades.BTCUSDT", b"{}")
+    assert REGISTRY.get_sample_value("marketpipe_publish_errors_total", labels) == before + 2
+
+
+async def test_publish_now_keeps_order_with_publish(nats_cluster: NatsCluster) -> None:
+    pub = await _connected(nats_cluster.urls[0], prefix="t2.")
+    sub = await _connected(nats_cluster.urls[0], prefix="t2.")
+    inbox = Inbox()
+    await sub.subscribe("orderbook.>", inbox)
+    await sub.flush()
+    await _publish_until_seen(pub, "orderbook.PROBE", inbox)
+    for n in range(200):  # both kinds share nats-py's one outgoing buffer
+        if n % 2:
+            pub.publish_now("orderbook.BTCUSDT", str(n).encode())
+        else:
+            await pub.publish("orderbook.BTCUSDT", str(n).encode())
+    await inbox.wait_for(b"199")
+    received = [int(d) for s, d in inbox.messages if s == "orderbook.BTCUSDT"]
+    assert received == list(range(200))
+    await pub.drain()
+    await sub.drain()
