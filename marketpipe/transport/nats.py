@@ -18,10 +18,11 @@ logged and counted): it is a bug or a sizing problem someone must see, never a s
 
 ``publish_now`` is ``publish`` without a coroutine, for hot loops (the order book publisher sends
 ~18 k books/s): the ``PUB`` frame goes straight into nats-py's outgoing buffer and nats-py's
-flusher is woken, as its own ``publish`` does, minus six nested awaits and one copy of the
-payload per message. That measured 2 us less per book and a p99 of 15-17 ms instead of 25 ms in
-bench b. It uses nats-py's buffer (``_pending``, ``_pending_data_size``, ``_flush_queue``), so
-the version is pinned below 3 and the tests publish through it against a real cluster.
+flusher is woken, as its own ``publish`` does, minus six nested awaits and both copies of the
+payload (the line, the payload and CRLF go to the socket as one ``writev``): ~2 us less per book
+at 18 k books/s (bench b, ``docs/orderbook.md``). It uses nats-py's buffer (``_pending``,
+``_pending_data_size``, ``_flush_queue``), so the version is pinned below 3 and the tests publish
+through it against a real cluster.
 While connected, more than :data:`OUTGOING_LIMIT_BYTES` waiting for the socket means NATS is not
 keeping up: messages are then dropped and counted rather than queued without bound.
 """
@@ -55,6 +56,7 @@ RECONNECT_BUFFER_BYTES = 8 * 1024 * 1024
 # Waiting for the socket while connected: ~0.2 s of the order book's whole output, enough for
 # every book of a new leader's first round at once.
 OUTGOING_LIMIT_BYTES = 64 * 1024 * 1024
+_CRLF = b"\r\n"
 
 
 class PayloadTooLargeError(Exception):
@@ -155,9 +157,10 @@ class NatsClient:
             PUBLISH_ERRORS.labels(subject.partition(".")[0], refused).inc()
             log.warning("publish dropped", subject=subject, reason=refused)
             return
-        frame = b"%s%d\r\n%s\r\n" % (known[1], size, payload)
-        nc._pending.append(frame)
-        nc._pending_data_size += len(frame)
+        # Three pieces, never joined: the socket write takes them as one writev (uvloop).
+        line = b"%s%d\r\n" % (known[1], size)
+        nc._pending += (line, payload, _CRLF)
+        nc._pending_data_size += len(line) + size + 2
         if nc.is_connected and nc._flush_queue is not None and nc._flush_queue.empty():
             nc._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
         known[0].inc()
