@@ -42,13 +42,21 @@ async def _publish_until_seen(pub: NatsClient, subject: str, inbox: Inbox) -> No
             await asyncio.sleep(0.02)
 
 
-async def test_published_on_one_node_arrives_through_another(nats_cluster: NatsCluster) -> None:
-    pub = await _connected(nats_cluster.urls[0], prefix="t1.")
-    sub = await _connected(nats_cluster.urls[2], prefix="t1.")
+async def _linked(
+    pub_url: str, sub_url: str, prefix: str, channel: str
+) -> tuple[NatsClient, NatsClient, Inbox]:
+    """A publisher and a subscriber to ``<channel>.*`` whose interest has reached the publisher."""
+    pub = await _connected(pub_url, prefix)
+    sub = await _connected(sub_url, prefix)
     inbox = Inbox()
-    await sub.subscribe("trades.*", inbox)
+    await sub.subscribe(f"{channel}.*", inbox)
     await sub.flush()
-    await _publish_until_seen(pub, "trades.PROBE", inbox)
+    await _publish_until_seen(pub, f"{channel}.PROBE", inbox)
+    return pub, sub, inbox
+
+
+async def test_published_on_one_node_arrives_through_another(nats_cluster: NatsCluster) -> None:
+    pub, sub, inbox = await _linked(nats_cluster.urls[0], nats_cluster.urls[2], "t1.", "trades")
     before = REGISTRY.get_sample_value("marketpipe_published_messages_total", {"channel": "trades"})
     await pub.publish("trades.BTCUSDT", b'{"t":1}')
     await pub.flush()
@@ -124,12 +132,7 @@ async def test_publishing_on_a_closed_client_is_dropped_and_counted(
 
 
 async def test_publish_now_keeps_order_with_publish(nats_cluster: NatsCluster) -> None:
-    pub = await _connected(nats_cluster.urls[0], prefix="t2.")
-    sub = await _connected(nats_cluster.urls[0], prefix="t2.")
-    inbox = Inbox()
-    await sub.subscribe("orderbook.>", inbox)
-    await sub.flush()
-    await _publish_until_seen(pub, "orderbook.PROBE", inbox)
+    pub, sub, inbox = await _linked(nats_cluster.urls[0], nats_cluster.urls[0], "t2.", "orderbook")
     for n in range(200):  # both kinds share nats-py's one outgoing buffer
         if n % 2:
             pub.publish_now("orderbook.BTCUSDT", str(n).encode())
