@@ -99,6 +99,11 @@ class NatsClient:
         return int(self._nc.max_payload)
 
     @property
+    def outgoing_bytes(self) -> int:
+        """Bytes queued for nats-py's flusher, not yet handed to the socket."""
+        return int(self._nc._pending_data_size)
+
+    @property
     def connected_url(self) -> str | None:
         url = self._nc.connected_url
         return url.geturl() if url is not None else None

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from marketpipe.infra.local import NatsCluster
-from marketpipe.transport.nats import NatsClient, PayloadTooLargeError
+from marketpipe.transport.nats import OUTGOING_LIMIT_BYTES, NatsClient, PayloadTooLargeError
 
 
 class Inbox:
@@ -143,3 +143,23 @@ async def test_publish_now_keeps_order_with_publish(nats_cluster: NatsCluster) -
     assert received == list(range(200))
     await pub.drain()
     await sub.drain()
+
+
+async def test_a_stalled_server_costs_bounded_memory(fresh_nats_cluster: NatsCluster) -> None:
+    node = fresh_nats_cluster.nodes[0]
+    pub = await _connected(fresh_nats_cluster.urls[0])
+    labels = {"channel": "orderbook", "reason": "OutboundBufferLimitError"}
+    before = REGISTRY.get_sample_value("marketpipe_publish_errors_total", labels) or 0
+    book = b"x" * 64_000
+    node.pause()  # connected, but nothing leaves the socket any more
+    try:
+        for n in range(3 * OUTGOING_LIMIT_BYTES // len(book)):
+            pub.publish_now("orderbook.BTCUSDT", book)
+            if n % 100 == 0:
+                await asyncio.sleep(0)  # the flusher hands what it can to the socket
+            assert pub.outgoing_bytes <= OUTGOING_LIMIT_BYTES
+        dropped = REGISTRY.get_sample_value("marketpipe_publish_errors_total", labels) or 0
+        assert dropped - before > OUTGOING_LIMIT_BYTES // len(book)
+    finally:
+        node.resume()
+    await pub.drain()
