@@ -338,6 +338,7 @@ class OrderbookService:
                 continue
             for symbol in throttle.pop_due(now):
                 self._publish_book(symbol)
+            self.ctx.nats.send_queued()
 
     def _publish_book(self, symbol: str) -> None:
         sync = self.books.get(symbol)
