@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from marketpipe.infra.proxy import FaultProxy
+from tests.eventually import eventually_sync
 
 
 class Sink:
@@ -72,15 +73,6 @@ def proxy(sink: Sink) -> Iterator[FaultProxy]:
     fault_proxy.stop()
 
 
-def eventually(check: object, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
 def connect(proxy: FaultProxy) -> socket.socket:
     conn = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     return conn
@@ -101,7 +93,7 @@ def test_passes_bytes_both_ways(proxy: FaultProxy, sink: Sink) -> None:
     conn.sendall(b"hello" * 1000)
     assert recv_exactly(conn, 5000) == b"hello" * 1000
     conn.close()
-    eventually(lambda: sink.closed == ["eof"])
+    eventually_sync(lambda: sink.closed == ["eof"])
 
 
 def test_a_stall_holds_bytes_until_healed(proxy: FaultProxy, sink: Sink) -> None:
@@ -110,7 +102,7 @@ def test_a_stall_holds_bytes_until_healed(proxy: FaultProxy, sink: Sink) -> None
     assert recv_exactly(conn, 1) == b"a"
     proxy.stall()
     conn.sendall(b"b" * 100_000)
-    eventually(lambda: proxy.status()["held_bytes"] == 100_000)
+    eventually_sync(lambda: proxy.status()["held_bytes"] == 100_000)
     assert sink.total() == 1
     proxy.heal()
     assert recv_exactly(conn, 100_000) == b"b" * 100_000
@@ -125,11 +117,11 @@ def test_bytes_held_by_a_stall_are_lost_when_their_sender_resets(
     assert recv_exactly(conn, 1) == b"a"
     proxy.stall()
     conn.sendall(b"old" * 10_000)
-    eventually(lambda: proxy.status()["held_bytes"] == 30_000)
+    eventually_sync(lambda: proxy.status()["held_bytes"] == 30_000)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
     proxy.heal()
-    eventually(lambda: sink.closed == ["reset"])
+    eventually_sync(lambda: sink.closed == ["reset"])
     assert sink.total() == 1
 
 
@@ -143,7 +135,7 @@ def test_reset_cuts_both_sides(proxy: FaultProxy, sink: Sink) -> None:
             conn.sendall(b"x" * 1000)
             if not conn.recv(1000):
                 raise ConnectionResetError
-    eventually(lambda: sink.closed == ["reset"])
+    eventually_sync(lambda: sink.closed == ["reset"])
     again = connect(proxy)  # the proxy itself keeps serving
     again.sendall(b"z")
     assert recv_exactly(again, 1) == b"z"

@@ -10,8 +10,6 @@ exchange's pair list), polled so that new pairs are served without a restart.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 
 from marketpipe.config import Settings
 from marketpipe.gateway.protocol import KnownSymbols
@@ -19,6 +17,7 @@ from marketpipe.gateway.server import Gateway
 from marketpipe.services.feed import make_rest
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.sources.assets import AssetsSource, Universe
+from marketpipe.supervision import Supervised
 
 
 class GatewayService:
@@ -27,21 +26,20 @@ class GatewayService:
         self.assets = AssetsSource(ctx.settings, make_rest(ctx), self._universe_changed)
         self.gateway = Gateway(ctx.settings, ctx.nats, ctx.cache, self.symbols)
         self.gateway.add_routes(ctx.app)
-        self._assets_task: asyncio.Task[None] | None = None
+        self._tasks = ctx.tasks
+        self._assets_task: Supervised | None = None
 
     def _universe_changed(self, universe: Universe) -> None:
         self.symbols.replace(universe.symbols)
 
     async def start(self) -> None:
-        self._assets_task = asyncio.create_task(self.assets.run(), name="gateway-assets")
+        self._assets_task = self._tasks.spawn("gateway-assets", self.assets.run)
         self.gateway.start()
 
     async def stop(self) -> None:
         await self.gateway.stop()
         if self._assets_task is not None:
-            self._assets_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._assets_task
+            await self._assets_task.stop()
 
     def ready(self) -> bool:
         return self.gateway.ready()

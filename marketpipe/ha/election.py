@@ -2,11 +2,14 @@
 
 Usage::
 
-    election = make_election(settings, "orderbook", on_change)   # on_change(is_leader, epoch)
-    await election.start()        # returns at once; campaigning runs in the background
-    election.is_leader            # a plain attribute: cheap enough for every publish
+    election = make_election(settings, "orderbook", on_change)   # on_change(term)
+    await election.start(tasks)   # returns at once; campaigning runs under the supervisor
+    election.term                 # the current Term (marketpipe.ha.term) or None: following
     election.epoch                # grows with each new leader
     await election.resign()       # on shutdown: a follower takes over at once
+
+``on_change`` is called with the new :class:`~marketpipe.ha.term.Term` when this instance
+starts leading, and with the same term, ended (``term.ended``, ``term.reason``), when it stops.
 
 With ``ETCD_ENDPOINTS`` empty, :class:`StaticLeader` is always leader; its epoch is the start time
 in milliseconds (it still grows across restarts).
@@ -17,9 +20,11 @@ keep its lease alive): grant a lease of ``leader_ttl_seconds`` → keep it alive
 ``epoch`` = the key's create_revision; the others watch the key for DELETE and try again.
 
 Safety: the leader keeps a local lease deadline (send time of the last successful keep-alive +
-the TTL etcd granted). The server's own expiry is later than that, so a leader whose keep-alives
-fail (etcd paused, partitioned, dead) steps down by a timer at its deadline, before any follower
-can win. Stepping down is synchronous: ``is_leader`` flips and ``on_change`` runs at once.
+the TTL etcd granted) in the term's :class:`~marketpipe.ha.term.LeaseClock`. The server's own
+expiry is later than that, so a leader whose keep-alives fail (etcd paused, partitioned, dead)
+steps down by a timer at its deadline, before any follower can win; and ``term.valid()`` reads
+the deadline itself, so a write checked against the term is refused past it even before the
+timer has run. Stepping down is synchronous: the term ends and ``on_change`` runs at once.
 """
 
 from __future__ import annotations
@@ -37,22 +42,32 @@ import grpc.aio
 from etcd3aio import Etcd3Client, EtcdError, WatchFilter
 
 from marketpipe.config import Settings
+from marketpipe.ha.term import LeaseClock, Term
 from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import IS_LEADER, LEADER_EPOCH, LEADER_TRANSITIONS
+from marketpipe.supervision import Supervised, Supervisor
 
 log = get_logger("marketpipe.ha.election")
 
-LeadershipCallback = Callable[[bool, int], None]
+LeadershipCallback = Callable[[Term], None]
+# Terms that end for these reasons end by choice, with everything sent: the others may leave
+# bytes of the old term in flight (see ServiceContext).
+VOLUNTARY_REASONS = frozenset({"resign"})
 
 DELETE_EVENT = 1  # mvccpb.Event.EventType.DELETE
 ETCD_ERRORS = (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError)
 
 
 class Leadership(Protocol):
-    is_leader: bool
+    term: Term | None
     epoch: int
 
-    async def start(self) -> None: ...
+    @property
+    def is_leader(self) -> bool: ...
+
+    async def start(self, tasks: Supervisor) -> None: ...
+
+    def step_down(self, reason: str) -> None: ...
 
     async def resign(self) -> None: ...
 
@@ -62,43 +77,50 @@ class LeaseLostError(Exception):
 
 
 class _Role:
-    """The state every implementation shares: the flag, the epoch, metrics and the callback."""
+    """The state every implementation shares: the term, the epoch, metrics and the callback."""
 
     def __init__(self, service: str, on_change: LeadershipCallback | None) -> None:
         self.service = service
-        self.is_leader = False
+        self.term: Term | None = None
         self.epoch = 0
+        self.lease = LeaseClock()
         self._on_change = on_change
+
+    @property
+    def is_leader(self) -> bool:
+        return self.term is not None and self.term.valid()
 
     def _lead(self, epoch: int) -> None:
         self.epoch = epoch
-        self.is_leader = True
+        self.term = Term(epoch, self.lease)
         IS_LEADER.set(1)
         LEADER_EPOCH.set(epoch)
         LEADER_TRANSITIONS.labels("leader", "elected").inc()
         log.info("leading", service=self.service, epoch=epoch)
         if self._on_change is not None:
-            self._on_change(True, epoch)
+            self._on_change(self.term)
 
-    def _step_down(self, reason: str) -> None:
-        if not self.is_leader:
+    def step_down(self, reason: str) -> None:
+        """End the current term now (if any); ``reason`` says why (see VOLUNTARY_REASONS)."""
+        term, self.term = self.term, None
+        if term is None:
             return
-        self.is_leader = False
+        term.end(reason)
         IS_LEADER.set(0)
         LEADER_TRANSITIONS.labels("follower", reason).inc()
-        log.warning("stepped down", service=self.service, epoch=self.epoch, reason=reason)
+        log.warning("stepped down", service=self.service, epoch=term.epoch, reason=reason)
         if self._on_change is not None:
-            self._on_change(False, self.epoch)
+            self._on_change(term)
 
 
 class StaticLeader(_Role):
     """No etcd configured: this instance is the only one, always leader."""
 
-    async def start(self) -> None:
+    async def start(self, tasks: Supervisor) -> None:
         self._lead(int(time.time() * 1000))
 
     async def resign(self) -> None:
-        self._step_down("resign")
+        self.step_down("resign")
 
 
 class EtcdElection(_Role):
@@ -121,22 +143,21 @@ class EtcdElection(_Role):
             watch_max_reconnect_backoff_seconds=1.0,
         )
         self._lease_id = 0
-        self._deadline = 0.0  # monotonic time our lease surely still lives until
+        self.lease.deadline = 0.0  # monotonic time our lease surely still lives until
         self._watchdog: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: Supervised | None = None
 
-    async def start(self) -> None:
+    async def start(self, tasks: Supervisor) -> None:
         await self._client.connect()
-        self._task = asyncio.create_task(self._campaign_forever(), name=f"election-{self.service}")
+        # It catches every error itself: if it still ends, no term may outlive it.
+        self._task = tasks.spawn(f"election-{self.service}", self._campaign_forever, restart=False)
 
     async def resign(self) -> None:
         """Stop campaigning, stop leading now, and revoke the lease so a follower wins at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task.stop()
             self._task = None
-        self._step_down("resign")
+        self.step_down("resign")
         await self._release_lease()
         await self._client.close()
 
@@ -157,7 +178,7 @@ class EtcdElection(_Role):
                     error=repr(exc),
                     exc_info=reason == "error",
                 )
-                self._step_down(reason)
+                self.step_down(reason)
                 backoff = min(backoff * 2, self.ttl / 2)
             await self._release_lease()
             await asyncio.sleep(backoff)
@@ -182,11 +203,11 @@ class EtcdElection(_Role):
                 )
                 revision = response.header.revision
                 if response.succeeded:
-                    if time.monotonic() >= self._deadline:
+                    if time.monotonic() >= self.lease.deadline:
                         raise LeaseLostError("won the key after our lease deadline")
                     self._lead(revision)
                     await self._until_deleted_or_lost(keepalive, revision + 1, None)
-                    self._step_down("key_deleted")
+                    self.step_down("key_deleted")
                     return
                 holder = response.responses[0].response_range.kvs
                 log.debug(
@@ -233,17 +254,17 @@ class EtcdElection(_Role):
             sent = time.monotonic()
             try:
                 # never wait past the deadline: a late answer must not revive a lost lease
-                async with asyncio.timeout(max(0.05, min(interval, self._deadline - sent))):
+                async with asyncio.timeout(max(0.05, min(interval, self.lease.deadline - sent))):
                     granted = await self._refresh(lease_id)
             except ETCD_ERRORS as exc:
-                if time.monotonic() >= self._deadline:
+                if time.monotonic() >= self.lease.deadline:
                     raise LeaseLostError(f"keep-alive failed past the TTL: {exc!r}") from exc
                 log.warning("lease keep-alive failed; retrying", error=repr(exc))
                 interval = min(0.5, interval)
                 continue
             if granted <= 0:
                 raise LeaseLostError("etcd reports the lease expired")
-            if time.monotonic() >= self._deadline:
+            if time.monotonic() >= self.lease.deadline:
                 raise LeaseLostError("keep-alive answered after the deadline")
             self._extend(sent + granted)
             interval = self.ttl / 3
@@ -259,7 +280,7 @@ class EtcdElection(_Role):
         return 0
 
     def _extend(self, deadline: float) -> None:
-        self._deadline = deadline
+        self.lease.deadline = deadline
         if self._watchdog is not None:
             self._watchdog.cancel()
         loop = asyncio.get_running_loop()
@@ -268,13 +289,14 @@ class EtcdElection(_Role):
         )
 
     def _on_deadline(self) -> None:
-        if time.monotonic() >= self._deadline:
-            self._step_down("lease_deadline")
+        if time.monotonic() >= self.lease.deadline:
+            self.step_down("lease_deadline")
         else:  # uvloop's clock has millisecond steps: the timer may fire a hair early
-            self._extend(self._deadline)
+            self._extend(self.lease.deadline)
 
     async def _release_lease(self) -> None:
         lease_id, self._lease_id = self._lease_id, 0
+        self.lease.deadline = 0.0
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import shutil
-import socket
-import struct
 import sys
 import tempfile
 import urllib.request
@@ -37,20 +34,12 @@ from pathlib import Path
 from typing import cast
 
 from marketpipe.infra.local import Process, _http_ok, free_port
+from marketpipe.transport.sockets import abort_with_reset
 
 PASS, STALL, REFUSE = "pass", "stall", "refuse"
 MODES = (PASS, STALL, REFUSE)
 READ_PAUSE_BYTES = 4 * 1024 * 1024  # a side this far behind stops reading (back-pressure)
 HOLD_LIMIT_BYTES = 256 * 1024 * 1024  # a stall holds at most this much per direction
-
-
-def abort_with_reset(transport: asyncio.BaseTransport) -> None:
-    """Close at once with RST, discarding what is buffered (SO_LINGER 0)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()  # type: ignore[attr-defined]
 
 
 @dataclass

@@ -7,7 +7,8 @@ Two ways in:
 - ``ProbeServer(port, ready)`` serves them alone (``await start()`` / ``await stop()``).
 
 ``ready`` is the service's own answer ("connected to what I need and, as leader, books
-synced"); it must be cheap and must not raise. Liveness only says the event loop answers.
+synced"); it must be cheap and must not raise. Liveness says the event loop answers and, given
+``live``, that the instance has not failed (a supervised task that could not be restarted).
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ log = get_logger("marketpipe.ops.http")
 ReadyCheck = Callable[[], bool]
 
 
-def add_probe_routes(app: web.Application, ready: ReadyCheck) -> None:
-    async def live(_request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+def add_probe_routes(
+    app: web.Application, ready: ReadyCheck, live: ReadyCheck | None = None
+) -> None:
+    async def liveness(_request: web.Request) -> web.Response:
+        if live is None or live():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="failed\n")
 
     async def readiness(_request: web.Request) -> web.Response:
         try:
@@ -44,7 +49,7 @@ def add_probe_routes(app: web.Application, ready: ReadyCheck) -> None:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     for path in ("/livez", "/live"):
-        app.router.add_get(path, live)
+        app.router.add_get(path, liveness)
     for path in ("/readyz", "/read"):
         app.router.add_get(path, readiness)
     app.router.add_get("/metrics", metrics)
@@ -59,11 +64,12 @@ class ProbeServer:
         ready: ReadyCheck,
         host: str = "0.0.0.0",
         app: web.Application | None = None,
+        live: ReadyCheck | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.app = app if app is not None else web.Application()
-        add_probe_routes(self.app, ready)
+        add_probe_routes(self.app, ready, live)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:

@@ -79,8 +79,18 @@ NATS_RECONNECTS = Counter("marketpipe_nats_reconnects_total", "NATS client recon
 REDIS_PENDING_KEYS = Gauge(
     "marketpipe_redis_pending_keys", "Cache keys written in memory but not yet flushed to Redis"
 )
+REDIS_FENCED = Counter(
+    "marketpipe_redis_fenced_total",
+    "Cache writes not made: their term ended before the flush, or Redis held a newer epoch",
+    ["reason"],
+)
 REDIS_REFILLS = Counter(
     "marketpipe_redis_refills_total", "Full rewrites of Redis from the in-memory mirror"
+)
+TASK_RESTARTS = Counter(
+    "marketpipe_task_restarts_total",
+    "Supervised long-lived tasks restarted after they failed, by task",
+    ["task"],
 )
 LEADER_TRANSITIONS = Counter(
     "marketpipe_leader_transitions_total",

@@ -14,7 +14,6 @@ event time, which feeds ``marketpipe_publish_latency_seconds``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import BAD_INPUT, PUBLISH_ERRORS, PUBLISH_LATENCY
 from marketpipe.services.runtime import ServiceContext
 from marketpipe.sources.assets import AssetsSource, Universe
+from marketpipe.supervision import Supervised
 from marketpipe.transport.nats import PayloadTooLargeError
 
 log = get_logger(__name__)
@@ -84,23 +84,24 @@ class PairFeed:
         )
         # its own HTTP session: the assets source closes the one it uses when it stops
         self.assets = AssetsSource(ctx.settings, rest, self._universe_changed)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = ctx.tasks
+        self._running: list[Supervised] = []
 
     def set_pairs(self, symbols: Iterable[str]) -> None:
         self.pairs = set(symbols)
         self.hub.set_streams(f"{s.lower()}@{self.kind}" for s in self.pairs)
 
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self.hub.run(), name=f"{self.kind}-streams"),
-            asyncio.create_task(self.assets.run(), name=f"{self.kind}-assets"),
+        self._running = [
+            # the hub's links and plan cannot be rebuilt in place: a failure ends the instance
+            self._tasks.spawn(f"{self.kind}-streams", self.hub.run, restart=False),
+            self._tasks.spawn(f"{self.kind}-assets", self.assets.run),
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        for task in self._running:
+            await task.stop()
+        self._running = []
 
     def ready(self) -> bool:
         """The pair universe is known and, if it has pairs, streams are connected."""
@@ -156,7 +157,7 @@ class Outbox:
         self._limit = limit
         self._items: deque[Outgoing] = deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: Supervised | None = None
         self._latency: Any = PUBLISH_LATENCY.labels(channel)
         self._overflow: Any = PUBLISH_ERRORS.labels(channel, "outbox_full")
 
@@ -181,14 +182,12 @@ class Outbox:
         self._wake.set()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._drain_forever(), name=f"{self._channel}-outbox")
+        self._task = self._ctx.tasks.spawn(f"{self._channel}-outbox", self._drain_forever)
 
     async def stop(self) -> None:
         """Publish what is queued (the runtime bounds the time), then stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task.stop()
             self._task = None
         self._send_all()
 

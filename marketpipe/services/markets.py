@@ -29,6 +29,7 @@ from marketpipe.services.markets_model import MarketsModel
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.sources.assets import Universe
 from marketpipe.sources.polling import Poller
+from marketpipe.supervision import Supervised
 from marketpipe.transport.redis_cache import MARKETS_HASH
 
 log = get_logger(__name__)
@@ -57,21 +58,21 @@ class MarketsService:
         self._trading: frozenset[str] | None = None
         self._loaded = False  # the first REST snapshot has been taken
         self._load_wanted = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[Supervised] = []
 
     async def start(self) -> None:
         await self._outbox.start()
         await self._feed.start()
+        spawn = self._ctx.tasks.spawn
         self._tasks = [
-            asyncio.create_task(self._trading_poller.run(), name="markets-exchange-info"),
-            asyncio.create_task(self._load_forever(), name="markets-rest-load"),
-            asyncio.create_task(self._tick_forever(), name="markets-tick"),
+            spawn("markets-exchange-info", self._trading_poller.run),
+            spawn("markets-rest-load", self._load_forever),
+            spawn("markets-tick", self._tick_forever),
         ]
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await task.stop()
         await self._feed.stop()
         await self._outbox.stop()
 
@@ -101,8 +102,7 @@ class MarketsService:
         gone = self._model.set_universe(pairs)
         if gone:
             log.info("markets_pairs_left", symbols=gone)
-            if self._ctx.leading and self._ctx.cache is not None:
-                self._ctx.cache.hdel(MARKETS_HASH, gone)
+            self._ctx.cache_delete_fields(MARKETS_HASH, gone)
         self._feed.set_pairs(pairs)
         self._load_wanted.set()
 

@@ -125,30 +125,25 @@ class OrderbookService:
         self._status_out: deque[tuple[str, bytes]] = deque()  # (subject, payload)
         self._wake = asyncio.Event()
         self._publisher_sleeps_until = -math.inf
-        self._tasks: list[asyncio.Task[None]] = []
         self._latency: Any = PUBLISH_LATENCY.labels("orderbook")
         self._resync_counters: dict[str, Any] = {}
 
     # --- lifecycle ---
 
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self.snapshots.run(), name="orderbook-snapshots"),
-            asyncio.create_task(self.book_settings.run(), name="orderbook-settings"),
-            asyncio.create_task(self._publish_forever(), name="orderbook-publish"),
-            asyncio.create_task(self._republish_status_forever(), name="orderbook-status"),
-            asyncio.create_task(self._admit_forever(), name="orderbook-admission"),
-        ]
+        tasks = self.ctx.tasks
+        tasks.spawn("orderbook-snapshots", self.snapshots.run)
+        if self.book_settings.polls:
+            tasks.spawn("orderbook-settings", self.book_settings.run)
+        tasks.spawn("orderbook-publish", self._publish_forever)
+        tasks.spawn("orderbook-status", self._republish_status_forever)
+        tasks.spawn("orderbook-admission", self._admit_forever)
         if self.settings.audit_interval_seconds > 0:
-            self._tasks.append(asyncio.create_task(self._audit_forever(), name="orderbook-audit"))
+            tasks.spawn("orderbook-audit", self._audit_forever)
         await self.feed.start()
 
     async def stop(self) -> None:
         await self.feed.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
 
     def ready(self) -> bool:
         """Streams connected and, for a leader, every book synced at least once (a later resync
@@ -345,21 +340,25 @@ class OrderbookService:
         if sync is None or not sync.is_live:
             return
         seq = self._seq.get(symbol, 0) + 1
+        term = self.ctx.term  # the epoch in the book and the right to send it, together
         payload = render_view(
-            sync, self.book_settings.settings_for(symbol), seq=seq, epoch=self.ctx.epoch
+            sync,
+            self.book_settings.settings_for(symbol),
+            seq=seq,
+            epoch=term.epoch if term is not None else 0,
         )
         if payload is None:  # the market walked beyond the book's window: never publish it short
             self._act(symbol, sync, sync.on_window_lost())
             return
         self.throttle.sent(symbol, time.monotonic())
         try:
-            sent = self.ctx.publish(f"orderbook.{symbol}", payload)
+            sent = term is not None and self.ctx.publish(f"orderbook.{symbol}", payload, term)
         except PayloadTooLargeError:
             return  # logged and counted by the publisher
         if sent:
             self._seq[symbol] = seq
             self._latency.observe(max(0.0, time.time() - sync.last_event_time / 1000))
-            self.ctx.cache_value(orderbook_key(symbol), payload)
+            self.ctx.cache_value(orderbook_key(symbol), payload, term)
 
     async def _republish_status_forever(self) -> None:
         for part in itertools.cycle(range(STATUS_REPUBLISH_SLICES)):

@@ -32,6 +32,7 @@ from marketpipe.services.feed_messages import BadRow, trade_message, trades_from
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.services.trade_gaps import FetchMissing, FetchQueue, Step, TradeSequencer
 from marketpipe.sources.assets import Universe
+from marketpipe.supervision import Supervised
 from marketpipe.transport.redis_cache import RECENT_KEEP, trades_key
 
 log = get_logger(__name__)
@@ -68,7 +69,7 @@ class TradesService:
         self._sequencers: dict[str, TradeSequencer[Trade]] = {}
         self._fetches = FetchQueue()
         self._fetch_wanted = asyncio.Event()
-        self._workers: list[asyncio.Task[None]] = []
+        self._workers: list[Supervised] = []
         self._published: dict[str, int] = {}  # last trade id on NATS per pair, from any replica
         self._recent: dict[str, deque[tuple[float, int, Trade]]] = {}  # (released at, id, trade)
         self._keep_seconds = ctx.settings.leader_ttl_seconds + RECENT_MARGIN_SECONDS
@@ -85,14 +86,13 @@ class TradesService:
         await self._outbox.start()
         await self._feed.start()
         self._workers = [
-            asyncio.create_task(self._fetch_forever(), name=f"trades-fetch-{i}")
+            self._ctx.tasks.spawn(f"trades-fetch-{i}", self._fetch_forever)
             for i in range(FETCH_WORKERS)
         ]
 
     async def stop(self) -> None:
         for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+            await task.stop()
         await self._feed.stop()
         await self._outbox.stop()
 

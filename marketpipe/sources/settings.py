@@ -105,9 +105,14 @@ class SettingsSource:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         return await get_json(self._session, self._settings.settings_url)
 
+    @property
+    def polls(self) -> bool:
+        """Whether a settings API is configured (without one, there is nothing to run)."""
+        return bool(self._settings.settings_url)
+
     async def run(self) -> None:
         """Polls until cancelled; returns at once when no settings API is configured."""
-        if not self._settings.settings_url:
+        if not self.polls:
             return
         try:
             await self.poller.run()

@@ -17,22 +17,29 @@ A payload larger than the server's ``max_payload`` raises :class:`PayloadTooLarg
 logged and counted): it is a bug or a sizing problem someone must see, never a silent loss.
 
 ``publish_now`` is ``publish`` without a coroutine, for hot loops (the order book publisher sends
-~18 k books/s): the ``PUB`` frame goes straight into nats-py's outgoing buffer and nats-py's
-flusher is woken, as its own ``publish`` does, minus six nested awaits and both copies of the
-payload (the line, the payload and CRLF go to the socket as one ``writev``): ~2 us less per book
-at 18 k books/s (bench b, ``docs/orderbook.md``). It uses nats-py's buffer (``_pending``,
-``_pending_data_size``, ``_flush_queue``), so the version is pinned below 3 and the tests publish
-through it against a real cluster. ``send_queued`` hands what is queued to the socket at once
-(the order book publisher calls it after each batch of books), so a batch leaves without waiting
-for the flusher's turn behind every other task.
+~18 k books/s). Publishes wait in this client's own queue, not in nats-py's, each with the
+leadership term (:class:`~marketpipe.ha.term.Term`) it was published under, and go to the socket
+at the loop's next turn (or at once with ``send_queued``, which the order book publisher calls
+after each batch) as one ``writev`` of the ``PUB`` lines and payloads, never copied. That is what
+fencing needs (DESIGN §8): a term that ended takes its unsent messages with it (``discard``), a
+message is checked against its term as it leaves, and ``reset_connection`` aborts the socket
+(RST) so that bytes of a term that ended while the connection was stalled never arrive. The
+queue is written straight to nats-py's socket (``_transport._io_writer``), so nats-py is pinned
+to the minor version whose internals tests/transport/test_nats_internals.py checks.
 While connected, more than :data:`OUTGOING_LIMIT_BYTES` waiting for the socket means NATS is not
-keeping up: messages are then dropped and counted rather than queued without bound.
+keeping up: messages are then dropped and counted rather than queued without bound; while
+disconnected, at most :data:`RECONNECT_BUFFER_BYTES` wait for the reconnect.
+Server addresses are logged without their credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
+from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -40,6 +47,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from prometheus_client import Counter
 
+from marketpipe.exchange.backoff import Backoff
+from marketpipe.ha.term import Fence
 from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import (
     NATS_CONNECTED,
@@ -47,6 +56,7 @@ from marketpipe.ops.metrics import (
     PUBLISH_ERRORS,
     PUBLISHED_MESSAGES,
 )
+from marketpipe.transport.sockets import abort_with_reset
 
 log = get_logger("marketpipe.transport.nats")
 
@@ -91,6 +101,12 @@ class NatsClient:
         self._nc = Client()
         # per subject: the labelled counter (.labels() costs ~1 µs) and b"PUB <subject> "
         self._published: dict[str, tuple[Counter, bytes]] = {}
+        # publishes not yet handed to the socket, oldest first: (term or None, PUB line, payload)
+        self._queue: deque[tuple[Fence | None, bytes, bytes]] = deque()
+        self._queued_bytes = 0
+        self._write_scheduled = False
+        self._drainer: asyncio.Task[None] | None = None
+        self._discarded: Counter = PUBLISH_ERRORS.labels("any", "term_ended")
 
     @property
     def connected(self) -> bool:
@@ -102,17 +118,17 @@ class NatsClient:
 
     @property
     def outgoing_bytes(self) -> int:
-        """Bytes queued for nats-py's flusher, not yet handed to the socket."""
-        return int(self._nc._pending_data_size)
+        """Bytes published but not yet handed to the socket."""
+        return self._queued_bytes
 
     @property
     def connected_url(self) -> str | None:
         url = self._nc.connected_url
-        return url.geturl() if url is not None else None
+        return redact_url(url.geturl()) if url is not None else None
 
     async def connect(self) -> None:
         """Connect to any node, retrying forever (with backoff) until one answers."""
-        delay = self._reconnect_wait
+        backoff = Backoff(base=self._reconnect_wait, cap=5.0)
         while True:
             try:
                 await self._nc.connect(
@@ -130,74 +146,138 @@ class NatsClient:
                     reconnected_cb=self._on_reconnected,
                 )
             except (OSError, NatsError, TimeoutError) as exc:
-                log.warning("nats connect failed; retrying", urls=self.urls, error=repr(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning(
+                    "nats connect failed; retrying",
+                    urls=[redact_url(u) for u in self.urls],
+                    error=repr(exc),
+                )
+                await asyncio.sleep(backoff.next_delay())
                 self._nc = Client()
                 continue
             NATS_CONNECTED.set(1)
             log.info("nats connected", url=self.connected_url, max_payload=self.max_payload)
             return
 
-    async def publish(self, subject: str, payload: bytes) -> None:
+    async def publish(self, subject: str, payload: bytes, term: Fence | None = None) -> bool:
         """Publish ``payload`` on ``prefix + subject``; the channel label is its first token."""
-        self.publish_now(subject, payload)
+        return self.publish_now(subject, payload, term)
 
-    def publish_now(self, subject: str, payload: bytes) -> None:
-        """:meth:`publish` without awaiting: queued for nats-py's flusher, which sends it (in
-        order with every other command) at the loop's next turn."""
+    def publish_now(self, subject: str, payload: bytes, term: Fence | None = None) -> bool:
+        """:meth:`publish` without awaiting: queued, sent at the loop's next turn (in order with
+        every other publish) while ``term`` (if given) lasts. Returns whether it was queued;
+        a refusal is counted and logged. Raises :class:`PayloadTooLargeError`."""
         known = self._published.get(subject)
         if known is None:
             counter = PUBLISHED_MESSAGES.labels(subject.partition(".")[0])
             head = f"PUB {self.prefix}{subject} ".encode()
             known = self._published[subject] = (counter, head)
-        nc = self._nc
         size = len(payload)
-        if size > nc.max_payload:
+        if size > self._nc.max_payload:
             channel = subject.partition(".")[0]
             PUBLISH_ERRORS.labels(channel, "too_large").inc()
-            error = PayloadTooLargeError(subject, size, nc.max_payload)
+            error = PayloadTooLargeError(subject, size, self._nc.max_payload)
             log.error("publish rejected", subject=subject, size=size, error=str(error))
             raise error
         refused = self._refusal(size)
         if refused is not None:
             PUBLISH_ERRORS.labels(subject.partition(".")[0], refused).inc()
             log.warning("publish dropped", subject=subject, reason=refused)
-            return
-        # Three pieces, never joined: the socket write takes them as one writev (uvloop).
+            return False
         line = b"%s%d\r\n" % (known[1], size)
-        nc._pending += (line, payload, _CRLF)
-        nc._pending_data_size += len(line) + size + 2
-        if nc.is_connected and nc._flush_queue is not None and nc._flush_queue.empty():
-            nc._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+        self._queue.append((term, line, payload))
+        self._queued_bytes += len(line) + size + 2
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write)
         known[0].inc()
+        return True
 
     def send_queued(self) -> None:
-        """Hand what is queued to the socket now rather than at the flusher's next turn, unless
-        the socket is still busy with earlier bytes (then the flusher, which waits for it, does:
-        a stalled server must not grow the socket's buffer without bound)."""
-        nc = self._nc
-        writer = getattr(nc._transport, "_io_writer", None)  # nats-py's TcpTransport
-        if (
-            nc.is_connected
-            and nc._pending_data_size
-            and writer is not None
-            and not writer.transport.get_write_buffer_size()
-        ):
-            writer.writelines(nc._pending)
-            nc._pending = []
-            nc._pending_data_size = 0
+        """Hand what is queued to the socket now rather than at the loop's next turn, unless
+        the socket is still busy with earlier bytes (then the next turn does)."""
+        writer = self._socket_writer()
+        if writer is not None and not writer.transport.get_write_buffer_size():
+            self._write_to(writer)
+
+    def discard(self, term: Fence) -> int:
+        """Forget every queued publish of ``term`` (it ended); returns how many."""
+        kept = [entry for entry in self._queue if entry[0] is not term]
+        dropped = len(self._queue) - len(kept)
+        if dropped:
+            self._queue = deque(kept)
+            self._queued_bytes = sum(len(line) + len(p) + 2 for _, line, p in kept)
+            self._discarded.inc(dropped)
+            log.info("nats publishes discarded", count=dropped, reason="term ended")
+        return dropped
+
+    def reset_connection(self) -> None:
+        """Abort the socket with RST, so that nothing already handed to it arrives any more,
+        then reconnect (nats-py does, as for any lost connection)."""
+        writer = self._socket_writer()
+        if writer is not None:
+            log.warning("nats connection reset", url=self.connected_url, reason="fencing")
+            abort_with_reset(writer.transport)
+
+    def _socket_writer(self) -> asyncio.StreamWriter | None:
+        if not self._nc.is_connected:
+            return None
+        writer = getattr(self._nc._transport, "_io_writer", None)  # nats-py's TcpTransport
+        if writer is None or writer.transport.is_closing():
+            return None
+        return cast(asyncio.StreamWriter, writer)
+
+    def _write(self) -> None:
+        """The loop's turn: everything queued goes to the socket, which buffers it; beyond the
+        socket's high-water mark the rest waits until it drains (memory stays bounded by the
+        queue's limit while a server stalls)."""
+        self._write_scheduled = False
+        writer = self._socket_writer()
+        if writer is None or (self._drainer is not None and not self._drainer.done()):
+            return  # on reconnect, or once the socket drained
+        self._write_to(writer)
+        transport = writer.transport
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            self._drainer = asyncio.get_running_loop().create_task(
+                self._write_when_drained(writer), name="nats-drain"
+            )
+
+    async def _write_when_drained(self, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, RuntimeError):  # lost: nats-py reconnects
+            await writer.drain()
+        self._drainer = None
+        self._write()
+
+    def _write_to(self, writer: asyncio.StreamWriter) -> None:
+        if not self._queue:
+            return
+        chunks: list[bytes] = []
+        stale = 0
+        for term, line, payload in self._queue:
+            if term is None or term.valid():
+                chunks += (line, payload, _CRLF)
+            else:
+                stale += 1
+        self._queue.clear()
+        self._queued_bytes = 0
+        if stale:
+            self._discarded.inc(stale)
+        if chunks:
+            try:
+                writer.writelines(chunks)
+            except (RuntimeError, OSError) as exc:  # closed under us: nats-py reconnects
+                PUBLISH_ERRORS.labels("any", "connection_lost").inc(len(chunks) // 3)
+                log.warning("nats write failed", error=repr(exc))
 
     def _refusal(self, size: int) -> str | None:
         """Why a message of ``size`` bytes cannot be queued now (nats-py's own rules, and a
-        bound while connected); None: it can."""
+        bound); None: it can."""
         nc = self._nc
         if nc.is_closed:
             return "ConnectionClosedError"
         if nc.is_draining_pubs:
             return "ConnectionDrainingError"
         limit = OUTGOING_LIMIT_BYTES if nc.is_connected else RECONNECT_BUFFER_BYTES
-        if nc._pending_data_size + size > limit:
+        if self._queued_bytes + size > limit:
             return "OutboundBufferLimitError"
         return None
 
@@ -213,15 +293,24 @@ class NatsClient:
 
     async def flush(self) -> None:
         """Wait until the server has everything published so far."""
+        while self._queue and self._nc.is_connected:
+            writer = self._socket_writer()
+            if writer is None:
+                await asyncio.sleep(0.01)  # the socket is being replaced
+                continue
+            with contextlib.suppress(OSError, RuntimeError):
+                await writer.drain()
+            self._write_to(writer)
         await self._nc.flush()
 
     async def drain(self) -> None:
-        """Send what is buffered, finish subscriptions, close. Never raises."""
+        """Send what is queued, finish subscriptions, close. Never raises."""
         if self._nc.is_closed:
             return
         try:
             async with asyncio.timeout(self.drain_seconds):
                 if self._nc.is_connected:
+                    await self.flush()
                     await self._nc.drain()
                 else:
                     await self._nc.close()
@@ -241,6 +330,17 @@ class NatsClient:
         NATS_CONNECTED.set(1)
         NATS_RECONNECTS.inc()
         log.info("nats reconnected", url=self.connected_url)
+        self._write()
+
+
+def redact_url(url: str) -> str:
+    """``nats://user:secret@host:4222`` -> ``nats://***@host:4222`` (for logs)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def connect(

@@ -12,16 +12,20 @@ import sys
 import time
 
 from marketpipe.ha.election import EtcdElection
+from marketpipe.ha.term import Term
 from marketpipe.logs import configure_logging
+from marketpipe.supervision import Supervisor
 
 
-def report(is_leader: bool, epoch: int) -> None:
-    print(json.dumps({"leader": is_leader, "epoch": epoch, "at": time.time()}), flush=True)
+def report(term: Term) -> None:
+    print(
+        json.dumps({"leader": not term.ended, "epoch": term.epoch, "at": time.time()}), flush=True
+    )
 
 
 async def main(url: str, service: str, ttl: int) -> None:
     election = EtcdElection([url], service, ttl, report)
-    await election.start()
+    await election.start(Supervisor("candidate"))
     await asyncio.Event().wait()
 
 

@@ -16,7 +16,9 @@ import pytest
 
 from marketpipe.config import Settings
 from marketpipe.ha.election import EtcdElection, StaticLeader, make_election
+from marketpipe.ha.term import Term
 from marketpipe.infra.local import EtcdServer
+from marketpipe.supervision import Supervisor
 
 TTL = 2
 CANDIDATE = Path(__file__).with_name("candidate.py")
@@ -29,12 +31,12 @@ class Timeline:
     terms: dict[int, list[list[float]]] = field(default_factory=dict)
     epochs: list[int] = field(default_factory=list)
 
-    def callback(self, who: int) -> Callable[[bool, int], None]:
-        def on_change(is_leader: bool, epoch: int) -> None:
+    def callback(self, who: int) -> Callable[[Term], None]:
+        def on_change(term: Term) -> None:
             now = time.monotonic()
-            if is_leader:
+            if not term.ended:
                 self.terms.setdefault(who, []).append([now, float("inf")])
-                self.epochs.append(epoch)
+                self.epochs.append(term.epoch)
             else:
                 self.terms[who][-1][1] = now
 
@@ -69,7 +71,7 @@ async def trio(
         for i in range(3)
     ]
     for candidate in candidates:
-        await candidate.start()
+        await candidate.start(Supervisor("test"))
     yield candidates, timeline
     for candidate in candidates:
         await candidate.resign()
@@ -184,11 +186,14 @@ async def test_kill_9_of_the_leader_process_a_follower_leads_within_ttl_plus_1s(
 async def test_without_etcd_the_instance_always_leads_with_a_growing_epoch() -> None:
     seen: list[tuple[bool, int]] = []
     election = make_election(
-        Settings(etcd_endpoints=[]), "svc", lambda lead, e: seen.append((lead, e))
+        Settings(etcd_endpoints=[]), "svc", lambda t: seen.append((not t.ended, t.epoch))
     )
     assert isinstance(election, StaticLeader)
-    await election.start()
+    await election.start(Supervisor("test"))
     assert election.is_leader and seen == [(True, election.epoch)]
     assert abs(election.epoch - time.time() * 1000) < 5000
+    term = election.term
     await election.resign()
     assert not election.is_leader
+    assert term is not None and term.ended and not term.valid()
+    assert seen[-1] == (False, term.epoch)

@@ -1,0 +1,38 @@
+"""The one way tests wait: for a condition, with a deadline (never a fixed sleep).
+
+``await eventually(check)`` in async tests (``check`` may return an awaitable),
+``eventually_sync(check)`` in plain ones. Deadlines are generous: the machines are shared and
+noisy, and a deadline is a bound on a hang, not a speed target (those live in bench/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+
+POLL_SECONDS = 0.02
+
+
+async def eventually(
+    check: Callable[[], object | Awaitable[object]], within: float = 10.0, what: str = ""
+) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not met within {within} s: {what or check!r}")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def eventually_sync(check: Callable[[], object], within: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not met within {within} s: {what or check!r}")
+        time.sleep(POLL_SECONDS)
