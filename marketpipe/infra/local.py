@@ -144,6 +144,9 @@ class NatsCluster:
 
     size: int = 3
     max_payload: int = 8 * 1024 * 1024
+    # True: servers do not tell clients the other nodes' addresses, so a client given proxied
+    # addresses stays behind its proxies (fault tests cut one process off the whole cluster)
+    no_advertise: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mp-nats-")))
     nodes: list[Process] = field(default_factory=list)
     client_ports: list[int] = field(default_factory=list)
@@ -164,6 +167,7 @@ class NatsCluster:
                 f"max_payload: {self.max_payload}\n"
                 "max_pending: 268435456\n"
                 "cluster {\n  name: marketpipe\n"
+                f"  no_advertise: {str(self.no_advertise).lower()}\n"
                 f"  listen: 127.0.0.1:{route_ports[i]}\n"
                 f"  routes: [{routes}]\n}}\n"
             )

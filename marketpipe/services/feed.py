@@ -5,10 +5,13 @@
 ones (``marketpipe_bad_input_total{source="exchange_ws"}``) and hands the decoded event to the
 service, synchronously, in stream order.
 
-:class:`Outbox` is the way out: the stream callback is synchronous, publishing is not, so
-messages wait in a bounded, ordered buffer drained by one task (publish on NATS, then the Redis
-cache write, both leader-gated by the runtime's context). Live messages carry their exchange
-event time, which feeds ``marketpipe_publish_latency_seconds``.
+:class:`Outbox` is the way out: messages wait in a bounded, ordered buffer drained by one task
+at the loop's next turn (publish on NATS, then the Redis cache write, both under the current
+leadership term; a follower's outbox publishes nothing). Each message gets the term's ``epoch``
+as it leaves (``stamp_epoch``: a JSON object gains ``"epoch"``, DESIGN §8). A message NATS
+refuses (its buffer is full while a server stalls) stays first in line and is tried again: it is
+neither lost nor counted as published. Live messages carry their exchange event time, which
+feeds ``marketpipe_publish_latency_seconds``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from marketpipe.exchange.streams import StreamHub
 from marketpipe.exchange.weights import WeightGate
 from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import BAD_INPUT, PUBLISH_ERRORS, PUBLISH_LATENCY
+from marketpipe.services.feed_messages import with_epoch
 from marketpipe.services.runtime import ServiceContext
 from marketpipe.sources.assets import AssetsSource, Universe
 from marketpipe.supervision import Supervised
@@ -35,6 +39,7 @@ from marketpipe.transport.nats import PayloadTooLargeError
 log = get_logger(__name__)
 
 OUTBOX_LIMIT = 200_000
+REFUSED_RETRY_SECONDS = 0.05
 
 
 def stream_symbol(stream: str) -> str:
@@ -150,11 +155,14 @@ class Outbox:
         channel: str,
         cache: Callable[[str, bytes], None] | None = None,
         limit: int = OUTBOX_LIMIT,
+        stamp_epoch: bool = True,
     ) -> None:
         self._ctx = ctx
         self._channel = channel
         self._cache = cache
         self._limit = limit
+        self._stamp_epoch = stamp_epoch
+        self._held = False
         self._items: deque[Outgoing] = deque()
         self._wake = asyncio.Event()
         self._task: Supervised | None = None
@@ -167,6 +175,14 @@ class Outbox:
     def clear(self) -> None:
         """Forget every message not yet published."""
         self._items.clear()
+
+    def hold(self) -> None:
+        """Publish nothing until :meth:`release` (messages keep queueing)."""
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
+        self._wake.set()
 
     def put(
         self,
@@ -198,16 +214,30 @@ class Outbox:
             self._send_all()
 
     def _send_all(self) -> None:
-        items, publish, cache = self._items, self._ctx.publish, self._cache
+        if self._held:
+            return
+        ctx, items, cache = self._ctx, self._items, self._cache
+        term = ctx.term
+        if term is None or not term.valid():
+            items.clear()  # a follower publishes nothing (a new leader catches up on its own)
+            return
+        epoch = term.epoch
         while items:
-            item = items.popleft()
+            item = items[0]
+            payload = with_epoch(item.payload, epoch) if self._stamp_epoch else item.payload
             try:
-                sent = publish(item.subject, item.payload)
+                sent = ctx.publish(item.subject, payload, term)
             except PayloadTooLargeError:
+                items.popleft()
                 continue  # logged and counted by the publisher
             if not sent:
-                continue
+                if term.valid():  # refused by the NATS client: first in line, again shortly
+                    asyncio.get_running_loop().call_later(REFUSED_RETRY_SECONDS, self._wake.set)
+                else:
+                    items.clear()
+                return
+            items.popleft()
             if item.event_time_ms:
                 self._latency.observe(max(0.0, time.time() - item.event_time_ms / 1000))
             if cache is not None and item.cache_key is not None:
-                cache(item.cache_key, item.payload)
+                cache(item.cache_key, payload)

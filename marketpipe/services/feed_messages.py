@@ -23,6 +23,11 @@ class BadRow(ValueError):
     """A REST row that does not have the documented shape."""
 
 
+def with_epoch(message: bytes, epoch: int) -> bytes:
+    """A JSON object message stamped with the publisher's ``epoch`` (DESIGN §8)."""
+    return message[:-1] + b',"epoch":%d}' % epoch
+
+
 def trade_message(trade: Trade) -> bytes:
     return orjson.dumps(
         {

@@ -52,7 +52,8 @@ class MarketsService:
             self._on_trading,
             ctx.settings.assets_poll_seconds,
         )
-        self._outbox = Outbox(ctx, "markets")
+        # keyed by symbol: an "epoch" key among them would read as a pair
+        self._outbox = Outbox(ctx, "markets", stamp_epoch=False)
         self._model = MarketsModel()
         self._assets: Universe | None = None
         self._trading: frozenset[str] | None = None

@@ -12,7 +12,9 @@ the question for free (its id either continues the sequence or opens a gap fetch
 REST ``trades`` only returns the most recent ``limit`` (at most 1000) trades, so a hole older
 than that cannot be filled: it is given up, reported in :attr:`Step.skipped`, and the sequence
 goes on from the oldest trade still available. A fetch that does not reach the held trades (a
-lagging REST view, or an error) is retried a few times before the hole is given up the same way;
+lagging REST view) is retried a few times before the hole is given up the same way; a fetch
+that failed (REST unreachable, refused, rate-limited) proves nothing about the hole: it is
+retried, ever more slowly (:attr:`FetchMissing.attempt`), for as long as it fails;
 if REST, reaching back far enough, still never showed the held ids, those live trades carried
 impossible ids (a bad frame): they are dropped (:attr:`Step.rejected`) rather than let one bogus
 id swallow every later trade as a "duplicate".
@@ -69,6 +71,7 @@ class TradeSequencer(Generic[P]):
         self._attempts = 0
         self._wide = False  # the last fetch did not reach back: use the widest window
         self._rest_newest: int | None = None  # newest id of the last fetch that reached back
+        self._failures = 0  # fetches in a row that got no answer
         self._max_held = max_held
         self._max_attempts = max_attempts
 
@@ -122,6 +125,7 @@ class TradeSequencer(Generic[P]):
     def on_fetched(self, rows: Iterable[tuple[int, P]], limit: int) -> Step[P]:
         """REST rows (id, payload), oldest first, fetched with ``limit``."""
         step: Step[P] = Step()
+        self._failures = 0
         rows = list(rows)
         if self.last_id is None:  # nothing published yet: nothing can be missing
             self._reset_fill()
@@ -148,17 +152,15 @@ class TradeSequencer(Generic[P]):
         return step
 
     def on_fetch_failed(self) -> Step[P]:
+        """The fetch got no answer: ask again (later each time) without giving anything up."""
         step: Step[P] = Step()
         self._rest_newest = None
+        self._failures += 1
         if self._held:
-            self._retry(step)
+            self.filling = True
+            step.fetch = FetchMissing(self.symbol, "gap", self._failures)
         elif self.suspect:
-            self._attempts += 1
-            if self._attempts < self._max_attempts:
-                step.fetch = FetchMissing(self.symbol, "check", self._attempts)
-            else:
-                self.suspect = False
-                self._reset_fill()
+            step.fetch = FetchMissing(self.symbol, "check", self._failures)
         else:
             self._reset_fill()
         return step

@@ -9,13 +9,17 @@ published trade onto ``marketpipe:trades:<SYMBOL>``.
 Failover without a hole or a duplicate: every replica listens to ``trades.*`` on NATS and keeps the
 last trade id published per pair, and keeps the trades it released itself over the last
 ``LEADER_TTL_SECONDS`` + :data:`RECENT_MARGIN_SECONDS`. On becoming leader it publishes, per pair,
-the trades after the previous leader's last one (from REST when they are no longer kept).
+the trades after the previous leader's last one (from REST when they are no longer kept). A
+replica whose own NATS connection dropped within that window has not seen everything published:
+it first takes the newest trade per pair from Redis (where the previous leader wrote it after
+NATS), holding its outbox meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -28,7 +32,7 @@ from marketpipe.exchange.rest import ExchangeError, ExchangeUnavailable
 from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import BAD_INPUT, TRADE_CONTINUITY
 from marketpipe.services.feed import Outbox, PairFeed, make_rest
-from marketpipe.services.feed_messages import BadRow, trade_message, trades_from_rest
+from marketpipe.services.feed_messages import BadRow, trade_message, trades_from_rest, with_epoch
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.services.trade_gaps import FetchMissing, FetchQueue, Step, TradeSequencer
 from marketpipe.sources.assets import Universe
@@ -38,7 +42,8 @@ from marketpipe.transport.redis_cache import RECENT_KEEP, trades_key
 log = get_logger(__name__)
 
 FETCH_WORKERS = 4
-RETRY_DELAY_SECONDS = 0.5
+RETRY_DELAY_SECONDS = 0.5  # times the attempt: a fetch that keeps failing is retried ever slower
+RETRY_MAX_DELAY_SECONDS = 10.0
 # A follower keeps what it released for the lease's TTL plus this: a kill -9 of the leader is
 # noticed within the TTL, so the trades the dead leader never sent are still here.
 RECENT_MARGIN_SECONDS = 5.0
@@ -102,6 +107,40 @@ class TradesService:
     def on_leadership(self, is_leader: bool, epoch: int) -> None:
         if not is_leader:
             return
+        lost = self._ctx.nats.last_disconnect
+        if lost is not None and time.monotonic() - lost < self._keep_seconds:
+            # Our own NATS connection dropped lately: trades the previous leader published then
+            # are missing from what we saw. Redis (written after NATS) fills that in, before
+            # anything goes out.
+            self._outbox.hold()
+            task = asyncio.get_running_loop().create_task(self._resume_after_redis(epoch))
+            task.add_done_callback(self._resumed)
+            return
+        self._resume(epoch)
+
+    async def _resume_after_redis(self, epoch: int) -> None:
+        try:
+            if self._ctx.cache is not None:
+                symbols = list(self._sequencers)
+                heads = await self._ctx.cache.heads([trades_key(s) for s in symbols])
+                for symbol in symbols:
+                    head = heads.get(trades_key(symbol))
+                    if head is not None:
+                        with contextlib.suppress(msgspec.DecodeError):
+                            self._note_published(symbol, _decode_published(head).t)
+            if self._ctx.leading and self._ctx.epoch == epoch:
+                self._resume(epoch)
+        finally:
+            self._outbox.release()
+
+    @staticmethod
+    def _resumed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("trades_resume_failed", error=repr(task.exception()))
+
+    def _resume(self, epoch: int) -> None:
+        """Publish, per pair, what the previous leader had not (this replica's kept trades, or
+        REST), then the live trades: in order, nothing twice."""
         self._outbox.clear()  # queued while following: the catch-up below covers it, in order
         for symbol, seq in self._sequencers.items():
             recent = self._recent.get(symbol, ())
@@ -109,9 +148,8 @@ class TradesService:
             if published is not None:
                 # the previous leader's last trades may be on NATS but not yet in Redis
                 sent = [trade for _, trade_id, trade in recent if trade_id <= published]
-                self._ctx.cache_catch_up_recent(
-                    trades_key(symbol), [trade_message(t) for t in sent[-RECENT_KEEP:]], "t"
-                )
+                messages = [with_epoch(trade_message(t), epoch) for t in sent[-RECENT_KEEP:]]
+                self._ctx.cache_catch_up_recent(trades_key(symbol), messages, "t")
             step = seq.resume_after(published, [(t, p) for _, t, p in recent])
             if step.publish or step.fetch is not None:
                 log.info(
@@ -130,6 +168,9 @@ class TradesService:
             trade_id = _decode_published(data).t
         except msgspec.DecodeError:
             return  # not a trade message: nothing to learn from it
+        self._note_published(symbol, trade_id)
+
+    def _note_published(self, symbol: str, trade_id: int) -> None:
         if trade_id > self._published.get(symbol, -1):
             self._published[symbol] = trade_id
 
@@ -216,7 +257,8 @@ class TradesService:
     def _want(self, fetch: FetchMissing) -> None:
         if fetch.attempt:
             loop = asyncio.get_running_loop()
-            loop.call_later(RETRY_DELAY_SECONDS * fetch.attempt, self._queue, fetch)
+            delay = min(RETRY_MAX_DELAY_SECONDS, RETRY_DELAY_SECONDS * fetch.attempt)
+            loop.call_later(delay, self._queue, fetch)
         else:
             self._queue(fetch)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
@@ -107,6 +108,8 @@ class NatsClient:
         self._write_scheduled = False
         self._drainer: asyncio.Task[None] | None = None
         self._discarded: Counter = PUBLISH_ERRORS.labels("any", "term_ended")
+        # monotonic time of the last lost connection: what arrived around it may be missing
+        self.last_disconnect: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -323,6 +326,7 @@ class NatsClient:
         log.warning("nats error", error=repr(exc))
 
     async def _on_disconnected(self) -> None:
+        self.last_disconnect = time.monotonic()
         NATS_CONNECTED.set(0)
         log.warning("nats disconnected")
 

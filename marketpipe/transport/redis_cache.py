@@ -331,6 +331,20 @@ class RedisCache:
             return []
         return items
 
+    async def heads(self, keys: list[str]) -> dict[str, bytes]:
+        """The newest item of each list in ``keys`` (those that have one), in one round trip;
+        on a Redis error, logged and counted, an empty answer."""
+        try:
+            async with asyncio.timeout(self._read_seconds):
+                pipe = self._redis.pipeline(transaction=False)
+                for key in keys:
+                    pipe.lindex(self.prefix + key, 0)
+                found = await pipe.execute()
+        except CACHE_ERRORS as exc:
+            self._read_failed(f"{len(keys)} lists", exc)
+            return {}
+        return {key: head for key, head in zip(keys, found, strict=True) if head is not None}
+
     async def hgetall(self, name: str) -> dict[str, bytes]:
         try:
             async with asyncio.timeout(self._read_seconds):

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from conftest import HA_SETTINGS, HA_SYMBOLS
 from feed_harness import Recorder, blocking, metric
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,20 +33,10 @@ from marketpipe.infra.services import service_env, start_service
 from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.services.trade_gaps import Step, TradeSequencer
 
-SYMBOLS = 20
+SYMBOLS = HA_SYMBOLS
 TTL = 2
 RESYNC_REASONS = ("gap", "buffer_full", "disconnect", "bad_update", "bad_level", "crossed")
-SETTINGS: dict[str, dict[str, Any]] = {"DEFAULT": {"MaxSpreadPct": 2.0, "Depth": 30}}
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    sim = SimulatorProcess(
-        symbols=SYMBOLS, seed=11, extra_args=["--levels", "200", "--weight-limit", "1000000"]
-    ).start()
-    sim.admin("PUT", "settings", SETTINGS)
-    yield sim
-    sim.stop()
+SETTINGS: dict[str, dict[str, Any]] = HA_SETTINGS
 
 
 @dataclass
@@ -115,7 +106,13 @@ async def replicas(
     redis_server: RedisServer,
     etcd: EtcdServer,
     logdir: Path,
+    *,
+    ttl: int = TTL,
+    overrides: dict[str, dict[str, str]] | None = None,
+    leader_first: str | None = None,
 ) -> AsyncIterator[Pair]:
+    """Replicas ``a`` and ``b`` (``overrides``: settings of one of them, e.g. its own URLs);
+    with ``leader_first``, that one starts alone and leads before the other starts."""
     prefix = f"f{uuid.uuid4().hex[:8]}."
     channel = "orderbook" if service == "orderbook" else service
     recorder = await Recorder.start(cluster.urls, f"{prefix}{channel}.*")
@@ -124,7 +121,7 @@ async def replicas(
         cluster,
         redis_server,
         etcd_endpoints=etcd.url,
-        leader_ttl_seconds=str(TTL),
+        leader_ttl_seconds=str(ttl),
         subject_prefix=prefix,
         settings_url=sim.settings_url,
         rest_weight_limit="200000",
@@ -137,11 +134,23 @@ async def replicas(
 
     async def start(name: str) -> None:
         (logdir / name).mkdir()
-        started[name] = Replica(name, await blocking(start_service, service, env, logdir / name))
+        own = {f"MARKETPIPE_{k.upper()}": v for k, v in (overrides or {}).get(name, {}).items()}
+        process = await blocking(start_service, service, {**env, **own}, logdir / name)
+        started[name] = Replica(name, process)
 
     try:
-        await asyncio.gather(start("a"), start("b"))
-        yield Pair(sim, etcd, recorder, prefix, started, cache, env["MARKETPIPE_REDIS_PREFIX"])
+        pair = Pair(sim, etcd, recorder, prefix, started, cache, env["MARKETPIPE_REDIS_PREFIX"])
+        if leader_first is None:
+            await asyncio.gather(start("a"), start("b"))
+        else:
+            await start(leader_first)
+            first = started[leader_first]
+            deadline = time.monotonic() + 15
+            while not await blocking(lambda: first.leading):
+                assert time.monotonic() < deadline, f"{leader_first} did not lead"
+                await asyncio.sleep(0.1)
+            await start("b" if leader_first == "a" else "a")
+        yield pair
     finally:
         await recorder.close()
         await cache.aclose()
@@ -152,7 +161,7 @@ async def replicas(
 @pytest.fixture
 async def pair(
     request: pytest.FixtureRequest,
-    sim: SimulatorProcess,
+    ha_sim: SimulatorProcess,
     nats_cluster: NatsCluster,
     redis_server: RedisServer,
     fresh_etcd: EtcdServer,
@@ -160,7 +169,7 @@ async def pair(
 ) -> AsyncIterator[Pair]:
     """Two replicas of ``orderbook`` (or the service the test names with ``indirect``)."""
     service = getattr(request, "param", "orderbook")
-    async with replicas(service, sim, nats_cluster, redis_server, fresh_etcd, tmp_path) as pair:
+    async with replicas(service, ha_sim, nats_cluster, redis_server, fresh_etcd, tmp_path) as pair:
         yield pair
 
 
@@ -325,7 +334,12 @@ async def test_trades_kill_9_no_hole_no_duplicate(pair: Pair) -> None:
         await asyncio.sleep(0.05)
     took_over = time.time()
     await pair.recorder.wait_for(lambda: len(pair.messages("trades", took_over)) > 50)
+    await assert_trades_complete(pair)
 
+
+async def assert_trades_complete(pair: Pair) -> None:
+    """Market clock stopped: every pair's trades since its first on NATS, each exactly once, in
+    order, equal to the exchange's; Redis holds the last 10 of them."""
     await blocking(pair.sim.pause)
     try:
         await pair.recorder.wait_quiet(0.6)

@@ -162,6 +162,33 @@ def test_failures_never_duplicate_or_reorder(ops: list[tuple[str, int]]) -> None
     assert driver.rejected == 0
 
 
+@settings(max_examples=300, deadline=None)
+@given(OPS_WITH_FAILURES)
+def test_rest_failures_never_lose_a_trade_rest_still_serves(ops: list[tuple[str, int]]) -> None:
+    """A fetch that got no answer proves nothing: the hole waits for an answer, however many
+    fetches fail in a row (three REST errors used to give it up for good)."""
+    driver = Driver()
+    run(driver, ops)
+    driver.drain()
+    published = driver.published
+    assert published == sorted(set(published))
+    if published:
+        assert published == list(range(published[0], driver.exchange.made + 1))
+        assert driver.skipped == 0 and driver.rejected == 0
+
+
+def test_many_failed_fetches_in_a_row_then_the_hole_fills() -> None:
+    seq: TradeSequencer[int] = TradeSequencer("X")
+    seq.on_live(1, 1)
+    assert seq.on_live(5, 5).fetch == FetchMissing("X", "gap")
+    for attempt in range(1, 11):
+        step = seq.on_fetch_failed()
+        assert step.skipped == 0 and step.publish == []
+        assert step.fetch == FetchMissing("X", "gap", attempt)
+    step = seq.on_fetched([(i, i) for i in range(1, 6)], seq.fetch_limit())
+    assert step.publish == [2, 3, 4, 5] and step.skipped == 0
+
+
 def test_hole_older_than_rest_serves_is_skipped_and_counted() -> None:
     driver = Driver()
     driver.trade()

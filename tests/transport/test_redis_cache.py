@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -17,6 +16,7 @@ from marketpipe.transport.redis_cache import (
     orderbook_key,
     trades_key,
 )
+from tests.eventually import eventually
 
 
 @pytest.fixture
@@ -27,15 +27,7 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 
 async def _eventually(check: Callable[[], object]) -> None:
-    deadline = time.monotonic() + 10.0
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.05)
+    await eventually(check, within=30)
 
 
 async def test_values_lists_and_hashes_land_under_the_prefix(
