@@ -72,6 +72,8 @@ async def rig(
         "MARKETPIPE_SNAPSHOT_LIMIT": "100",
         "MARKETPIPE_SNAPSHOT_LIMIT_OTHERS": "100",
         "MARKETPIPE_AUDIT_INTERVAL_SECONDS": "0",
+        # the market moves only when the test steps it: a slow step is not a silent exchange
+        "MARKETPIPE_SILENT_CONNECTION_SECONDS": "10",
     }
     async with running_rig(sim, cluster, redis_server, tmp_path, env) as running:
         everyone = set(running.symbols)
@@ -108,11 +110,12 @@ async def test_nats_connection_resets_publishing_resumes_every_time(
     rig: Rig, proxies: list[FaultProxy]
 ) -> None:
     async def reset() -> None:
-        for proxy in proxies:
-            if (await blocking(proxy.status))["connections"]:
-                await blocking(proxy.reset)
+        statuses = [await blocking(p.status) for p in proxies]
+        in_use = next(p for p, s in zip(proxies, statuses, strict=True) if s["connections"])
+        await blocking(in_use.reset)
 
     took = [await resumed_after(rig, reset) for _ in range(FAULTS)]
+    print(f"{FAULTS} NATS resets: resumed in {min(took):.2f}-{max(took):.2f} s")
     assert max(took) < RESUME_SECONDS, took
     assert_no_wrong_repeated_or_reordered_book(rig)
     await rig.check_quiescent()
@@ -132,6 +135,7 @@ async def test_kill_9_of_the_leaders_nats_node_publishing_resumes_every_time(
         took.append(await resumed_after(rig, kill))
         await blocking(cluster.nodes[node].start)
         await asyncio.sleep(0)
+    print(f"{FAULTS} kills of the leader's NATS node: resumed in {min(took):.2f}-{max(took):.2f} s")
     assert max(took) < RESUME_SECONDS, took
     assert_no_wrong_repeated_or_reordered_book(rig)
     await rig.check_quiescent()
