@@ -77,6 +77,12 @@ class Settings(BaseModel):
 
     # High availability.
     leader_ttl_seconds: int = Field(default=5, ge=1)
+    shards: int = Field(
+        default=1, ge=1, le=1024, description="pairs are split into this many shards (DESIGN §9)"
+    )
+    standbys_per_shard: int = Field(
+        default=1, ge=0, le=8, description="hot standbys each shard keeps besides its leader"
+    )
 
     # Gateway.
     gateway_max_connections: int = Field(default=10000, ge=1)

@@ -55,11 +55,11 @@ async def bench(nats_url: str, redis_url: str, messages: int, size: int) -> None
         await ctx.nats.publish(subjects[i % n], payload)
 
     async def gated_publish(i: int) -> None:
-        if await ctx.publish(subjects[i % n], payload):
+        if ctx.publish(subjects[i % n], payload):
             ctx.cache_value(orderbook_key(SYMBOLS[i % n]), payload)
 
     client = await _rate(messages, client_publish)
-    await ctx.leadership.start()  # static leader: the gate opens
+    await ctx.leadership.start(ctx.tasks)  # static leader: the gate opens
     leader = await _rate(messages, gated_publish)
     await ctx.leadership.resign()
     follower = await _rate(messages, gated_publish)

@@ -112,18 +112,21 @@ def view_counts(book: OrderBook, max_spread_pct: float, depth: int) -> tuple[int
     return None if bid_count is None or ask_count is None else (bid_count, ask_count)
 
 
-def render_view(sync: BookSync, settings: ViewSettings, seq: int, epoch: int) -> bytes | None:
+def render_view(
+    sync: BookSync, settings: ViewSettings, seq: int, epoch: int, shard: int = 0
+) -> bytes | None:
     """The ``orderbook.<SYMBOL>`` message of a live book (the caller checks it is live); None
     when the book's window no longer covers the view (``BookSync.on_window_lost``)."""
     book = sync.book
     counts = view_counts(book, settings.max_spread_pct, settings.depth)
     if counts is None:
         return None
-    head = b'{"symbol":%s,"lastUpdateId":%d,"E":%d,"seq":%d,"epoch":%d,"bids":[' % (
+    head = b'{"symbol":%s,"lastUpdateId":%d,"E":%d,"seq":%d,"epoch":%d,"shard":%d,"bids":[' % (
         orjson.dumps(sync.symbol),
         sync.last_update_id,
         sync.last_event_time,
         seq,
         epoch,
+        shard,
     )
     return view_message(head, book.bids, counts[0], book.asks, counts[1])

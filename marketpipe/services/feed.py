@@ -7,8 +7,9 @@ service, synchronously, in stream order.
 
 :class:`Outbox` is the way out: messages wait in a bounded, ordered buffer drained by one task
 at the loop's next turn (publish on NATS, then the Redis cache write, both under the current
-leadership term; a follower's outbox publishes nothing). Each message gets the term's ``epoch``
-as it leaves (``stamp_epoch``: a JSON object gains ``"epoch"``, DESIGN §8). A message NATS
+leadership term of its pair's shard; a follower of that shard publishes nothing). Each message
+gets the term's ``epoch`` and its ``shard`` as it leaves (``stamp_epoch``: a JSON object gains
+``"epoch"`` and ``"shard"``, DESIGN §8, §9). A message NATS
 refuses (its buffer is full while a server stalls) stays first in line and is tried again: it is
 neither lost nor counted as published. Live messages carry their exchange event time, which
 feeds ``marketpipe_publish_latency_seconds``.
@@ -21,16 +22,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from marketpipe.exchange.messages import BadFrame, MarketEvent, decode_combined
 from marketpipe.exchange.rest import ExchangeRest
 from marketpipe.exchange.stream_plan import StreamPlan
 from marketpipe.exchange.streams import StreamHub
 from marketpipe.exchange.weights import WeightGate
+from marketpipe.ha.term import Term
 from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import BAD_INPUT, PUBLISH_ERRORS, PUBLISH_LATENCY
-from marketpipe.services.feed_messages import with_epoch
+from marketpipe.services.feed_messages import stamp
 from marketpipe.services.runtime import ServiceContext
 from marketpipe.sources.assets import AssetsSource, Universe
 from marketpipe.supervision import Supervised
@@ -39,6 +41,12 @@ from marketpipe.transport.nats import PayloadTooLargeError
 log = get_logger(__name__)
 
 OUTBOX_LIMIT = 200_000
+
+
+class CacheWriter(Protocol):
+    def __call__(self, key: str, payload: bytes, *, term: Term) -> None: ...
+
+
 REFUSED_RETRY_SECONDS = 0.05
 
 
@@ -73,6 +81,8 @@ class PairFeed:
         decode: Callable[[bytes], MarketEvent] = decode_event_frame,
     ) -> None:
         self.kind = kind
+        self._ctx = ctx
+        self._universe: Universe | None = None
         self._decode = decode
         self.pairs: set[str] = set()
         self._on_event = on_event
@@ -114,11 +124,26 @@ class PairFeed:
             return False
         return not self.pairs or self.hub.connected_links > 0
 
+    def on_ingest(self) -> None:
+        """The instance's shards changed: take up the pairs of the new ones, drop the others."""
+        if self._universe is not None:
+            self._deliver(self._universe)
+
     def _universe_changed(self, universe: Universe) -> None:
+        self._universe = universe
+        self._deliver(universe)
+
+    def _deliver(self, universe: Universe) -> None:
+        """The universe as this instance keeps it: only the pairs of the shards it ingests."""
+        ingests = self._ctx.ingests
+        mine = Universe(
+            tuple(s for s in universe.priority if ingests(s)),
+            tuple(s for s in universe.others if ingests(s)),
+        )
         if self._on_universe is None:
-            self.set_pairs(universe.symbols)
+            self.set_pairs(mine.symbols)
         else:
-            self._on_universe(universe)
+            self._on_universe(mine)
 
     def _on_frame(self, raw: bytes) -> None:
         try:
@@ -144,6 +169,7 @@ class Outgoing:
     payload: bytes
     event_time_ms: int  # 0: not a live event (no latency sample)
     cache_key: str | None  # written to Redis with the outbox's cache writer once published
+    shard: int  # published under that shard's term
 
 
 class Outbox:
@@ -153,7 +179,7 @@ class Outbox:
         self,
         ctx: ServiceContext,
         channel: str,
-        cache: Callable[[str, bytes], None] | None = None,
+        cache: CacheWriter | None = None,
         limit: int = OUTBOX_LIMIT,
         stamp_epoch: bool = True,
     ) -> None:
@@ -172,9 +198,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def clear(self) -> None:
-        """Forget every message not yet published."""
-        self._items.clear()
+    def discard_shard(self, shard: int) -> None:
+        """Forget every message of ``shard`` not yet published."""
+        self._items = deque(item for item in self._items if item.shard != shard)
 
     def hold(self) -> None:
         """Publish nothing until :meth:`release` (messages keep queueing)."""
@@ -190,11 +216,12 @@ class Outbox:
         payload: bytes,
         event_time_ms: int = 0,
         cache_key: str | None = None,
+        shard: int = 0,
     ) -> None:
         if len(self._items) >= self._limit:
             self._items.popleft()  # the oldest is the least useful; counted, never silent
             self._overflow.inc()
-        self._items.append(Outgoing(subject, payload, event_time_ms, cache_key))
+        self._items.append(Outgoing(subject, payload, event_time_ms, cache_key, shard))
         self._wake.set()
 
     async def start(self) -> None:
@@ -217,27 +244,26 @@ class Outbox:
         if self._held:
             return
         ctx, items, cache = self._ctx, self._items, self._cache
-        term = ctx.term
-        if term is None or not term.valid():
-            items.clear()  # a follower publishes nothing (a new leader catches up on its own)
-            return
-        epoch = term.epoch
         while items:
             item = items[0]
-            payload = with_epoch(item.payload, epoch) if self._stamp_epoch else item.payload
+            term = ctx.term_for(item.shard)
+            if term is None or not term.valid():
+                # a follower of this shard publishes nothing (a new leader catches up itself)
+                items.popleft()
+                continue
+            payload = (
+                stamp(item.payload, term.epoch, item.shard) if self._stamp_epoch else item.payload
+            )
             try:
                 sent = ctx.publish(item.subject, payload, term)
             except PayloadTooLargeError:
                 items.popleft()
                 continue  # logged and counted by the publisher
-            if not sent:
-                if term.valid():  # refused by the NATS client: first in line, again shortly
-                    asyncio.get_running_loop().call_later(REFUSED_RETRY_SECONDS, self._wake.set)
-                else:
-                    items.clear()
+            if not sent:  # refused by the NATS client: first in line, again shortly
+                asyncio.get_running_loop().call_later(REFUSED_RETRY_SECONDS, self._wake.set)
                 return
             items.popleft()
             if item.event_time_ms:
                 self._latency.observe(max(0.0, time.time() - item.event_time_ms / 1000))
             if cache is not None and item.cache_key is not None:
-                cache(item.cache_key, payload)
+                cache(item.cache_key, payload, term=term)

@@ -23,9 +23,10 @@ class BadRow(ValueError):
     """A REST row that does not have the documented shape."""
 
 
-def with_epoch(message: bytes, epoch: int) -> bytes:
-    """A JSON object message stamped with the publisher's ``epoch`` (DESIGN §8)."""
-    return message[:-1] + b',"epoch":%d}' % epoch
+def stamp(message: bytes, epoch: int, shard: int) -> bytes:
+    """A JSON object message stamped with its publisher's ``epoch`` (DESIGN §8) and its pair's
+    ``shard`` (§9)."""
+    return message[:-1] + b',"epoch":%d,"shard":%d}' % (epoch, shard)
 
 
 def trade_message(trade: Trade) -> bytes:

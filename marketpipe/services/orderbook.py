@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,18 +42,22 @@ from marketpipe.exchange.messages import DepthUpdate, MarketEvent, decode_combin
 from marketpipe.exchange.rest import DepthSnapshot, ExchangeError, ExchangeUnavailable
 from marketpipe.exchange.snapshot_plan import SnapshotPlanner
 from marketpipe.exchange.snapshots import SnapshotScheduler
+from marketpipe.ha.term import Term
 from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import (
     BAD_INPUT,
     BOOK_AUDIT_MATCH,
     BOOK_RESYNCS,
+    BOOKS_LIVE,
     BOOKS_SYNCED,
     BOOKS_TRACKED,
     PUBLISH_LATENCY,
+    SHARD_PAIRS,
 )
 from marketpipe.services.book_audit import AuditBook, AuditSnapshot, Verdict, compare
 from marketpipe.services.book_status import LIVE, StatusBoard, status_subject
 from marketpipe.services.feed import PairFeed, make_rest
+from marketpipe.services.feed_messages import stamp
 from marketpipe.services.publish_throttle import PublishThrottle
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.services.sync_admission import SyncAdmission
@@ -122,7 +126,8 @@ class OrderbookService:
         self._seq: dict[str, int] = {}
         self._asked_limit: dict[str, int] = {}
         self._ever_live: set[str] = set()
-        self._status_out: deque[tuple[str, bytes]] = deque()  # (subject, payload)
+        self._status_out: deque[tuple[str, bytes]] = deque()  # (symbol, payload)
+        self._shard: dict[str, int] = {}  # of every book kept
         self._wake = asyncio.Event()
         self._publisher_sleeps_until = -math.inf
         self._latency: Any = PUBLISH_LATENCY.labels("orderbook")
@@ -152,17 +157,44 @@ class OrderbookService:
             return False
         return not self.ctx.leading or len(self._ever_live) >= len(self.books)
 
-    def on_leadership(self, is_leader: bool, epoch: int) -> None:
-        # A new term restarts seq at 1 and sends every live book and every status at once.
-        self._seq.clear()
-        if is_leader:
+    # --- shards (DESIGN §9) ---
+
+    def on_ingest(self, shards: frozenset[int]) -> None:
+        self.feed.on_ingest()
+
+    def shard_hot(self, shard: int) -> bool:
+        return all(self.books[s].is_live for s in self._symbols_of(shard))
+
+    def shard_pairs(self) -> dict[int, int]:
+        return dict(Counter(self._shard.values()))
+
+    def _symbols_of(self, shard: int) -> list[str]:
+        return [s for s, k in self._shard.items() if k == shard]
+
+    def on_term(self, term: Term) -> None:
+        # A new term restarts seq at 1 and sends every live book and status of its shard at once.
+        symbols = self._symbols_of(term.shard)
+        for symbol in symbols:
+            self._seq.pop(symbol, None)
+        if not term.ended:
             now = time.monotonic()
-            for symbol, sync in self.books.items():
-                if sync.is_live:
+            for symbol in symbols:
+                if self.books[symbol].is_live:
                     self.throttle.forget(symbol)
                     self.throttle.changed(symbol, now)
-            self._queue_all_status()
+            self._queue_status(symbols)
             self._wake.set()
+        self._report_shards()
+
+    def _report_shards(self) -> None:
+        live: Counter[int] = Counter(k for s, k in self._shard.items() if self.books[s].is_live)
+        for shard, pairs in Counter(self._shard.values()).items():
+            role, other = (
+                ("leader", "standby") if self.ctx.term_for(shard) else ("standby", "leader")
+            )
+            BOOKS_LIVE.labels(str(shard), role).set(live[shard])
+            BOOKS_LIVE.labels(str(shard), other).set(0)
+            SHARD_PAIRS.labels(str(shard)).set(pairs)
 
     # --- the universe and settings ---
 
@@ -175,9 +207,11 @@ class OrderbookService:
         for symbol in universe.symbols:  # priority pairs first: their streams come first too
             if symbol not in self.books:
                 self.books[symbol] = BookSync(symbol, self.settings.diff_buffer_size)
+                self._shard[symbol] = self.ctx.shard_of(symbol)
                 self._set_status(symbol, "syncing", None, now_ms)
             self.admission.add(symbol, symbol in self.priority)
         BOOKS_TRACKED.set(len(self.books))
+        self._report_shards()
         self.feed.set_pairs(universe.symbols)
         self._admit_more()
         log.info("universe", pairs=len(wanted), priority=len(self.priority))
@@ -193,6 +227,7 @@ class OrderbookService:
         self._ever_live.discard(symbol)
         self._set_status(symbol, "stopped", "removed", int(time.time() * 1000))
         self.status.remove(symbol)
+        del self._shard[symbol]
 
     def _on_settings(self, _table: SettingsTable) -> None:
         # The view of every live book may change: republish them as their intervals allow.
@@ -287,14 +322,22 @@ class OrderbookService:
         status = self.status.update(symbol, state, reason, now_ms)
         if status is not None:
             BOOKS_SYNCED.set(self.status.live_count)
-            self._status_out.append((status_subject(symbol), status.encode()))
+            self._status_out.append((symbol, status.encode()))
             self._wake.set()
 
     def _queue_all_status(self, part: int = 0, parts: int = 1) -> None:
         """Queue every status, or every ``parts``-th one from the ``part``-th."""
         statuses = self.status.all()[part::parts]
-        self._status_out.extend((status_subject(s.symbol), s.encode()) for s in statuses)
+        self._status_out.extend((s.symbol, s.encode()) for s in statuses)
         self._wake.set()
+        if part == 0:
+            self._report_shards()
+
+    def _queue_status(self, symbols: list[str]) -> None:
+        statuses = {s.symbol: s for s in self.status.all()}
+        self._status_out.extend(
+            (symbol, statuses[symbol].encode()) for symbol in symbols if symbol in statuses
+        )
 
     # --- publishing ---
 
@@ -313,9 +356,12 @@ class OrderbookService:
         loop = asyncio.get_running_loop()
         while True:
             while self._status_out:
-                subject, payload = self._status_out.popleft()
-                with contextlib.suppress(PayloadTooLargeError):
-                    self.ctx.publish(subject, payload)
+                symbol, payload = self._status_out.popleft()
+                term = self.ctx.term_for(self.ctx.shard_of(symbol))
+                if term is not None:
+                    with contextlib.suppress(PayloadTooLargeError):
+                        payload = stamp(payload, term.epoch, term.shard)
+                        self.ctx.publish(status_subject(symbol), payload, term)
             now = time.monotonic()
             due = throttle.next_due()
             if due is None or due > now:
@@ -340,12 +386,14 @@ class OrderbookService:
         if sync is None or not sync.is_live:
             return
         seq = self._seq.get(symbol, 0) + 1
-        term = self.ctx.term  # the epoch in the book and the right to send it, together
+        shard = self._shard[symbol]
+        term = self.ctx.term_for(shard)  # the epoch in the book and the right to send it
         payload = render_view(
             sync,
             self.book_settings.settings_for(symbol),
             seq=seq,
             epoch=term.epoch if term is not None else 0,
+            shard=shard,
         )
         if payload is None:  # the market walked beyond the book's window: never publish it short
             self._act(symbol, sync, sync.on_window_lost())
@@ -358,7 +406,7 @@ class OrderbookService:
         if sent:
             self._seq[symbol] = seq
             self._latency.observe(max(0.0, time.time() - sync.last_event_time / 1000))
-            self.ctx.cache_value(orderbook_key(symbol), payload, term)
+            self.ctx.cache_value(orderbook_key(symbol), payload, term=term)
 
     async def _republish_status_forever(self) -> None:
         for part in itertools.cycle(range(STATUS_REPUBLISH_SLICES)):
@@ -432,5 +480,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     return run_service(
-        "orderbook", args, settings, OrderbookService, cache_flush_seconds=CACHE_FLUSH_SECONDS
+        "orderbook",
+        args,
+        settings,
+        OrderbookService,
+        sharded=True,
+        cache_flush_seconds=CACHE_FLUSH_SECONDS,
     )

@@ -7,8 +7,12 @@ A service module's ``run`` is typically::
 
 where ``TradesService(ctx)`` builds itself from a :class:`ServiceContext` and offers
 ``async start()`` (begin taking data; return once running), ``async stop()`` (stop taking data),
-``ready() -> bool`` (cheap, for ``/readyz``) and optionally ``on_leadership(is_leader, epoch)``
-(synchronous; called the moment leadership changes, e.g. to restart ``seq`` on a new epoch).
+``ready() -> bool`` (cheap, for ``/readyz``) and optionally ``on_term(term)`` (synchronous;
+called the moment a leadership term starts or ends, e.g. to restart ``seq`` on a new epoch).
+A sharded service (``run_service(..., sharded=True)``: orderbook, trades, tickers; DESIGN §9)
+also offers ``on_ingest(shards)`` (keep exactly the pairs of these shards), ``shard_hot(shard)``
+(are all its pairs in sync) and ``shard_pairs()`` (pairs per ingested shard); it publishes each
+pair under ``ctx.term_for(ctx.shard_of(symbol))``.
 A service starts its long-lived tasks with ``ctx.tasks.spawn(...)`` (:mod:`marketpipe.supervision`):
 one that fails is restarted, or takes the instance down (liveness fails, terms end, exit 1).
 
@@ -37,16 +41,25 @@ import argparse
 import asyncio
 import functools
 import gc
+import os
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 import uvloop
 from aiohttp import web
 
 from marketpipe.config import Settings
-from marketpipe.ha.election import VOLUNTARY_REASONS, Leadership, StaticLeader, make_election
+from marketpipe.ha.assignment import shard_of
+from marketpipe.ha.election import (
+    VOLUNTARY_REASONS,
+    InstanceInfo,
+    Leadership,
+    StaticLeader,
+    make_election,
+)
 from marketpipe.ha.term import Term
 from marketpipe.logs import get_logger
 from marketpipe.ops.http import ProbeServer
@@ -73,7 +86,8 @@ ServiceFactory = Callable[["ServiceContext"], Service]
 
 class ServiceContext:
     """What every service shares: settings, NATS, the Redis cache, an HTTP client session, the
-    leadership, and the leader-gated ways out (``publish``, ``cache_*``)."""
+    supervisor, the leadership terms by shard, and the term-gated ways out (``publish``,
+    ``cache_*``)."""
 
     def __init__(
         self,
@@ -82,10 +96,13 @@ class ServiceContext:
         *,
         use_redis: bool = True,
         elect: bool = True,
+        sharded: bool = False,
+        port: int = 0,
         cache_flush_seconds: float = CACHE_FLUSH_SECONDS,
     ) -> None:
         self.name = name
         self.settings = settings
+        self.shards = settings.shards if sharded else 1
         self.app = web.Application()
         self.nats = NatsClient(
             settings.nats_urls, settings.subject_prefix, name=name, drain_seconds=2.0
@@ -102,20 +119,50 @@ class ServiceContext:
         )
         self.http = aiohttp.ClientSession()
         self.tasks = Supervisor(name, on_fatal=self.fail)
+        self.service: Any = None  # set by attach(): the hooks below reach it through this
+        self.terms: dict[int, Term] = {}  # shard -> current term; none: following
+        self.ingesting: frozenset[int] = frozenset()
+        self.epoch = 0  # the newest term's
+        info = InstanceInfo(f"{socket.gethostname()}:{port}:{os.getpid()}", port=port)
         self.leadership: Leadership = (
-            make_election(settings, name, self._on_term)
+            make_election(
+                settings,
+                name,
+                self._on_term,
+                shards=self.shards,
+                on_ingest=self._on_ingest,
+                hot=self._shard_hot,
+                pairs=self._shard_pairs,
+                before_release=self._before_release,
+                info=info,
+            )
             if elect
-            else StaticLeader(name, self._on_term)
+            else StaticLeader(name, self._on_term, self.shards, self._on_ingest)
         )
-        self.term: Term | None = None  # the current term; None while following
-        self.epoch = 0  # of the current (or last) term
         self.exit_code = 0
         self.stopping = asyncio.Event()
-        self._leadership_listeners: list[Callable[[bool, int], None]] = []
+
+    def attach(self, service: Service) -> None:
+        self.service = service
+
+    @property
+    def term(self) -> Term | None:
+        """The current term of shard 0 (the only shard of an unsharded service)."""
+        return self.terms.get(0)
+
+    def term_for(self, shard: int) -> Term | None:
+        return self.terms.get(shard)
+
+    def shard_of(self, symbol: str) -> int:
+        return shard_of(symbol, self.shards)
+
+    def ingests(self, symbol: str) -> bool:
+        """Whether this instance keeps ``symbol`` (it leads or stands by for its shard)."""
+        return shard_of(symbol, self.shards) in self.ingesting
 
     @property
     def leading(self) -> bool:
-        return self.term is not None and self.term.valid()
+        return any(term.valid() for term in self.terms.values())
 
     @property
     def live(self) -> bool:
@@ -133,20 +180,22 @@ class ServiceContext:
             return False
         return self.nats.publish_now(subject, payload, term)
 
-    def cache_value(self, key: str, payload: bytes, term: Term | None = None) -> None:
+    def cache_value(self, key: str, payload: bytes, *, term: Term | None = None) -> None:
         term = term or self.term
         if self.cache is not None and term is not None and term.valid():
             self.cache.set_value(key, payload, term)
 
     def cache_recent(
-        self, key: str, payload: bytes, keep: int = RECENT_KEEP, term: Term | None = None
+        self, key: str, payload: bytes, keep: int = RECENT_KEEP, *, term: Term | None = None
     ) -> None:
         term = term or self.term
         if self.cache is not None and term is not None and term.valid():
             self.cache.push_recent(key, payload, keep, term)
 
-    def cache_catch_up_recent(self, key: str, items: list[bytes], order_field: str) -> None:
-        term = self.term
+    def cache_catch_up_recent(
+        self, key: str, items: list[bytes], order_field: str, *, term: Term | None = None
+    ) -> None:
+        term = term or self.term
         if self.cache is not None and term is not None and term.valid():
             self.cache.catch_up_recent(key, items, order_field, term=term)
 
@@ -161,9 +210,6 @@ class ServiceContext:
             self.cache.hdel(name, fields, term)
 
     # --- lifecycle hooks ---
-
-    def on_leadership_change(self, listener: Callable[[bool, int], None]) -> None:
-        self._leadership_listeners.append(listener)
 
     def request_stop(self, exit_code: int = 0, reason: str = "") -> None:
         """End the process as SIGTERM would (a service that cannot go on passes exit_code=1)."""
@@ -181,21 +227,40 @@ class ServiceContext:
 
     def _on_term(self, term: Term) -> None:
         if not term.ended:
-            self.term = term
-            self.epoch = term.epoch
+            self.terms[term.shard] = term
+            self.epoch = max(self.epoch, term.epoch)
         else:
+            if self.terms.get(term.shard) is term:
+                del self.terms[term.shard]
             self._fence(term)
-        leading = not term.ended
-        for listener in self._leadership_listeners:
-            try:
-                listener(leading, term.epoch)
-            except Exception:  # a listener's bug must not leave the gate in a wrong state
-                log.exception("leadership listener failed", service=self.name)
+        self._call("on_term", term)
+
+    def _on_ingest(self, shards: frozenset[int]) -> None:
+        self.ingesting = shards
+        self._call("on_ingest", shards)
+
+    def _shard_hot(self, shard: int) -> bool:
+        hot = getattr(self.service, "shard_hot", None)
+        return bool(hot(shard)) if hot is not None else True
+
+    def _shard_pairs(self) -> Mapping[int, int]:
+        pairs = getattr(self.service, "shard_pairs", None)
+        return pairs() if pairs is not None else {}
+
+    async def _before_release(self, term: Term) -> None:
+        await self.nats.flush()  # what the term sent is on the server before its key goes
+
+    def _call(self, hook: str, argument: object) -> None:
+        method = getattr(self.service, hook, None)
+        if method is None:
+            return
+        try:
+            method(argument)
+        except Exception:  # a hook's bug must not leave the gate in a wrong state
+            log.exception("service hook failed", service=self.name, hook=hook)
 
     def _fence(self, term: Term) -> None:
         """``term`` ended: nothing it queued may reach NATS or Redis any more."""
-        if self.term is term:
-            self.term = None
         dropped = self.nats.discard(term)
         if self.cache is not None:
             dropped += self.cache.discard(term)
@@ -204,7 +269,12 @@ class ServiceContext:
             # arrive after a newer leader's. The reconnect takes milliseconds.
             self.nats.reset_connection()
         log.info(
-            "term fenced", service=self.name, epoch=term.epoch, reason=term.reason, dropped=dropped
+            "term fenced",
+            service=self.name,
+            shard=term.shard,
+            epoch=term.epoch,
+            reason=term.reason,
+            dropped=dropped,
         )
 
 
@@ -216,6 +286,7 @@ def run_service(
     *,
     use_redis: bool = True,
     elect: bool = True,
+    sharded: bool = False,
     cache_flush_seconds: float = CACHE_FLUSH_SECONDS,
 ) -> int:
     """Run a service until SIGTERM/SIGINT; returns the process exit code.
@@ -229,6 +300,8 @@ def run_service(
         settings,
         use_redis=use_redis,
         elect=elect,
+        sharded=sharded,
+        port=int(args.port),
         cache_flush_seconds=cache_flush_seconds,
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -247,9 +320,7 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.request_stop)
     service = factory(ctx)
-    listener = getattr(service, "on_leadership", None)
-    if listener is not None:
-        ctx.on_leadership_change(listener)
+    ctx.attach(service)
 
     def ready() -> bool:
         return ctx.live and ctx.nats.connected and service.ready()

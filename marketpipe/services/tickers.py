@@ -8,6 +8,7 @@ of its pair (the overlap of a make-before-break connection swap) is not publishe
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 from marketpipe.config import Settings
 from marketpipe.exchange.messages import MarketEvent, Ticker
@@ -20,9 +21,18 @@ from marketpipe.transport.redis_cache import ticker_key
 
 class TickersService:
     def __init__(self, ctx: ServiceContext) -> None:
-        self._feed = PairFeed(ctx, "ticker", self._on_event, make_rest(ctx))
+        self._ctx = ctx
+        self._feed = PairFeed(
+            ctx,
+            "ticker",
+            self._on_event,
+            make_rest(ctx),
+            on_pairs_up=self._up,
+            on_pairs_down=self._down,
+        )
         self._outbox = Outbox(ctx, "tickers", ctx.cache_value)
         self._event_times: dict[str, int] = {}
+        self._up_pairs: set[str] = set()
 
     async def start(self) -> None:
         await self._outbox.start()
@@ -35,6 +45,24 @@ class TickersService:
     def ready(self) -> bool:
         return self._feed.ready()
 
+    # --- shards (DESIGN §9) ---
+
+    def on_ingest(self, shards: frozenset[int]) -> None:
+        self._feed.on_ingest()
+
+    def shard_hot(self, shard: int) -> bool:
+        shard_of = self._ctx.shard_of
+        return all(p in self._up_pairs for p in self._feed.pairs if shard_of(p) == shard)
+
+    def shard_pairs(self) -> dict[int, int]:
+        return dict(Counter(self._ctx.shard_of(p) for p in self._feed.pairs))
+
+    def _up(self, symbols: set[str]) -> None:
+        self._up_pairs |= symbols
+
+    def _down(self, symbols: set[str]) -> None:
+        self._up_pairs -= symbols
+
     def _on_event(self, event: MarketEvent) -> None:
         if not isinstance(event, Ticker):
             BAD_INPUT.labels(source="exchange_ws", kind="unexpected_event").inc()
@@ -43,7 +71,13 @@ class TickersService:
         if event_time <= self._event_times.get(symbol, -1):
             return
         self._event_times[symbol] = event_time
-        self._outbox.put(f"tickers.{symbol}", ticker_message(event), event_time, ticker_key(symbol))
+        self._outbox.put(
+            f"tickers.{symbol}",
+            ticker_message(event),
+            event_time,
+            ticker_key(symbol),
+            self._ctx.shard_of(symbol),
+        )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -53,4 +87,4 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    return run_service("tickers", args, settings, TickersService)
+    return run_service("tickers", args, settings, TickersService, sharded=True)

@@ -66,6 +66,7 @@ class TradeSequencer(Generic[P]):
         self.suspect = (
             False  # the stream dropped; a check fetch is wanted unless a trade settles it
         )
+        self.down = True  # until the pair's stream is first up
         self._held: dict[int, P] = {}
         self._newest_seen: int | None = None
         self._attempts = 0

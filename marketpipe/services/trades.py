@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import msgspec
@@ -29,10 +29,11 @@ import msgspec
 from marketpipe.config import Settings
 from marketpipe.exchange.messages import MarketEvent, Trade
 from marketpipe.exchange.rest import ExchangeError, ExchangeUnavailable
+from marketpipe.ha.term import Term
 from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import BAD_INPUT, TRADE_CONTINUITY
 from marketpipe.services.feed import Outbox, PairFeed, make_rest
-from marketpipe.services.feed_messages import BadRow, trade_message, trades_from_rest, with_epoch
+from marketpipe.services.feed_messages import BadRow, stamp, trade_message, trades_from_rest
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.services.trade_gaps import FetchMissing, FetchQueue, Step, TradeSequencer
 from marketpipe.sources.assets import Universe
@@ -104,8 +105,23 @@ class TradesService:
     def ready(self) -> bool:
         return self._feed.ready()
 
-    def on_leadership(self, is_leader: bool, epoch: int) -> None:
-        if not is_leader:
+    # --- shards (DESIGN §9) ---
+
+    def on_ingest(self, shards: frozenset[int]) -> None:
+        self._feed.on_ingest()
+
+    def shard_hot(self, shard: int) -> bool:
+        return all(not seq.down for seq in self._of_shard(shard).values())
+
+    def shard_pairs(self) -> dict[int, int]:
+        return dict(Counter(self._ctx.shard_of(s) for s in self._sequencers))
+
+    def _of_shard(self, shard: int) -> dict[str, TradeSequencer[Trade]]:
+        shard_of = self._ctx.shard_of
+        return {s: seq for s, seq in self._sequencers.items() if shard_of(s) == shard}
+
+    def on_term(self, term: Term) -> None:
+        if term.ended:
             return
         lost = self._ctx.nats.last_disconnect
         if lost is not None and time.monotonic() - lost < self._keep_seconds:
@@ -113,23 +129,23 @@ class TradesService:
             # are missing from what we saw. Redis (written after NATS) fills that in, before
             # anything goes out.
             self._outbox.hold()
-            task = asyncio.get_running_loop().create_task(self._resume_after_redis(epoch))
+            task = asyncio.get_running_loop().create_task(self._resume_after_redis(term))
             task.add_done_callback(self._resumed)
             return
-        self._resume(epoch)
+        self._resume(term)
 
-    async def _resume_after_redis(self, epoch: int) -> None:
+    async def _resume_after_redis(self, term: Term) -> None:
         try:
             if self._ctx.cache is not None:
-                symbols = list(self._sequencers)
+                symbols = list(self._of_shard(term.shard))
                 heads = await self._ctx.cache.heads([trades_key(s) for s in symbols])
                 for symbol in symbols:
                     head = heads.get(trades_key(symbol))
                     if head is not None:
                         with contextlib.suppress(msgspec.DecodeError):
                             self._note_published(symbol, _decode_published(head).t)
-            if self._ctx.leading and self._ctx.epoch == epoch:
-                self._resume(epoch)
+            if term.valid():
+                self._resume(term)
         finally:
             self._outbox.release()
 
@@ -138,18 +154,21 @@ class TradesService:
         if not task.cancelled() and task.exception() is not None:
             log.error("trades_resume_failed", error=repr(task.exception()))
 
-    def _resume(self, epoch: int) -> None:
-        """Publish, per pair, what the previous leader had not (this replica's kept trades, or
-        REST), then the live trades: in order, nothing twice."""
-        self._outbox.clear()  # queued while following: the catch-up below covers it, in order
-        for symbol, seq in self._sequencers.items():
+    def _resume(self, term: Term) -> None:
+        """Publish, per pair of the term's shard, what the previous leader had not (this
+        replica's kept trades, or REST), then the live trades: in order, nothing twice."""
+        # queued while following: the catch-up below covers it, in order
+        self._outbox.discard_shard(term.shard)
+        for symbol, seq in self._of_shard(term.shard).items():
             recent = self._recent.get(symbol, ())
             published = self._published.get(symbol)
             if published is not None:
                 # the previous leader's last trades may be on NATS but not yet in Redis
                 sent = [trade for _, trade_id, trade in recent if trade_id <= published]
-                messages = [with_epoch(trade_message(t), epoch) for t in sent[-RECENT_KEEP:]]
-                self._ctx.cache_catch_up_recent(trades_key(symbol), messages, "t")
+                messages = [
+                    stamp(trade_message(t), term.epoch, term.shard) for t in sent[-RECENT_KEEP:]
+                ]
+                self._ctx.cache_catch_up_recent(trades_key(symbol), messages, "t", term=term)
             step = seq.resume_after(published, [(t, p) for _, t, p in recent])
             if step.publish or step.fetch is not None:
                 log.info(
@@ -220,6 +239,7 @@ class TradesService:
                 payload,
                 trade.event_time if live else 0,
                 trades_key(trade.symbol),
+                self._ctx.shard_of(trade.symbol),
             )
         counts = {
             "recovered": 0 if live else len(step.publish),
@@ -309,4 +329,4 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    return run_service("trades", args, settings, TradesService)
+    return run_service("trades", args, settings, TradesService, sharded=True)

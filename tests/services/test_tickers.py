@@ -72,8 +72,12 @@ def test_ticker_without_x_has_no_null() -> None:
 TIME_KEYS = {"E", "O", "C"}  # the rolling window moves with the clock even while paused
 
 
+# marketpipe's own fields beside the exchange's (DESIGN §8, §9)
+STAMP_KEYS = ("epoch", "shard")
+
+
 def _stats(ticker: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in ticker.items() if k not in TIME_KEYS}
+    return {k: v for k, v in ticker.items() if k not in TIME_KEYS and k not in STAMP_KEYS}
 
 
 async def test_tickers_equal_the_simulator_statistics_at_quiescence(
