@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, int]] = {
         9000,
     ),
     "up": ("marketpipe.up", "the whole stack on one machine", 8080),
+    "status": ("marketpipe.ha.status", "instances, roles and shards, from etcd", 0),
 }
 
 

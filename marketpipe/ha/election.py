@@ -19,7 +19,8 @@ in milliseconds (it still grows across restarts).
 :class:`EtcdElection` is a small recipe on etcd's primitives (etcd3aio's own ``Election`` does not
 keep its lease alive). One lease of ``LEADER_TTL_SECONDS`` per instance, kept alive, carries
 everything the instance owns: its registration ``/marketpipe/<service>/instances/<id>`` (JSON:
-id, host, port, version, started, leading, standby, and extensions: hot, pairs) and the leader
+id, host, port, version, started, leading, standby, and extensions: epochs of the shards it
+leads, hot shards, pairs per ingested shard) and the leader
 key of each shard it leads, ``/marketpipe/<service>/shards/<k>/leader`` (with ``SHARDS=1``, the
 key ``/marketpipe/<service>/leader``), taken by a transaction "create if its create_revision is
 0"; a shard's ``epoch`` is its key's create revision. One watch on ``/marketpipe/<service>/``
@@ -241,7 +242,7 @@ class EtcdElection(_Roles):
         self._pairs = pairs or dict
         self._before_release = before_release
         self._client = Etcd3Client(
-            [_host_port(e) for e in endpoints],
+            [host_port(e) for e in endpoints],
             rpc_max_attempts=2,
             watch_reconnect_backoff_seconds=0.1,
             watch_max_reconnect_backoff_seconds=1.0,
@@ -454,6 +455,7 @@ class EtcdElection(_Roles):
                 "version": self.info.version,
                 "started": self.info.started,
                 "leading": leading,
+                "epochs": {str(k): self.terms[k].epoch for k in leading},
                 "standby": [k for k in ingesting if k not in self.terms],
                 "hot": [k for k in ingesting if self._hot(k)],
                 "pairs": {str(k): pairs.get(k, 0) for k in ingesting},
@@ -548,7 +550,7 @@ def _reason(exc: Exception) -> str:
     return "etcd_error" if isinstance(exc, ETCD_ERRORS) else "error"
 
 
-def _host_port(endpoint: str) -> str:
+def host_port(endpoint: str) -> str:
     """``http://host:port`` (the settings' form) -> ``host:port`` (gRPC's)."""
     parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
     return f"{parts.hostname}:{parts.port or 2379}"
