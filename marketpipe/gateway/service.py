@@ -10,14 +10,27 @@ exchange's pair list), polled so that new pairs are served without a restart.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import math
+import time
+from typing import Any
+
+from aiohttp import web
 
 from marketpipe.config import Settings
 from marketpipe.gateway.protocol import KnownSymbols
 from marketpipe.gateway.server import Gateway
+from marketpipe.ha.election import ETCD_ERRORS
+from marketpipe.ha.status import read_status
+from marketpipe.logs import get_logger
 from marketpipe.services.feed import make_rest
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.sources.assets import AssetsSource, Universe
 from marketpipe.supervision import Supervised
+
+log = get_logger(__name__)
+
+STATUS_SECONDS = 2.0
 
 
 class GatewayService:
@@ -26,6 +39,8 @@ class GatewayService:
         self.assets = AssetsSource(ctx.settings, make_rest(ctx), self._universe_changed)
         self.gateway = Gateway(ctx.settings, ctx.nats, ctx.cache, self.symbols)
         self.gateway.add_routes(ctx.app)
+        self.publishers = StatusCache(ctx.settings.etcd_endpoints)
+        ctx.app.router.add_get("/status", self.publishers.handle)
         self._tasks = ctx.tasks
         self._assets_task: Supervised | None = None
 
@@ -43,6 +58,27 @@ class GatewayService:
 
     def ready(self) -> bool:
         return self.gateway.ready()
+
+
+class StatusCache:
+    """``GET /status``: ``marketpipe status --json`` (who leads what), read from etcd at most
+    every :data:`STATUS_SECONDS`; ``{}`` without ``ETCD_ENDPOINTS``."""
+
+    def __init__(self, endpoints: list[str]) -> None:
+        self._endpoints = endpoints
+        self._status: dict[str, Any] = {}
+        self._read_at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        async with self._lock:
+            if self._endpoints and time.monotonic() - self._read_at > STATUS_SECONDS:
+                self._read_at = time.monotonic()
+                try:
+                    self._status = await read_status(self._endpoints)
+                except ETCD_ERRORS as exc:
+                    log.warning("status_unavailable", error=repr(exc))
+        return web.json_response(self._status)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

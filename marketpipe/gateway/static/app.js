@@ -14,6 +14,7 @@ const state = {
   nextId: 1,
   retryMs: 500,
   renderQueued: false,
+  publishers: {},       // service -> {shards: {k: {leader, epoch, ...}}} from /status
 };
 
 function wsUrl() {
@@ -155,7 +156,34 @@ function renderBook() {
   $("asks").replaceChildren(...rows.slice(0, asks.length));
   $("bids").replaceChildren(...rows.slice(asks.length));
   const waiting = state.chosen ? "waiting for a synced book…" : "";
-  $("book-meta").textContent = book ? `update ${book.lastUpdateId} · seq ${book.seq}` : waiting;
+  $("book-meta").textContent = book ? `update ${book.lastUpdateId} · seq ${book.seq}${publisher(book)}` : waiting;
+}
+
+// Who published this book: its shard, and the instance leading it (from /status).
+function publisher(book) {
+  const shard = (state.publishers.orderbook || {shards: {}}).shards[String(book.shard)];
+  return shard ? ` · shard ${book.shard} · ${shard.leader}` : "";
+}
+
+function renderPublishers() {
+  const rows = [];
+  for (const [service, info] of Object.entries(state.publishers)) {
+    for (const instance of info.instances) {
+      const leads = instance.leading.length ? instance.leading.join(", ") : "–";
+      const stands = instance.standby.length ? instance.standby.join(", ") : "–";
+      rows.push(row([cell(service), cell(instance.id), cell(leads), cell(stands)]));
+    }
+  }
+  $("publishers").querySelector("tbody").replaceChildren(...rows);
+  $("publishers-panel").hidden = rows.length === 0;
+}
+
+async function pollPublishers() {
+  try {
+    const response = await fetch("/status");
+    if (response.ok) { state.publishers = await response.json(); renderPublishers(); queueRender(); }
+  } catch (err) { console.warn("status", err); }
+  setTimeout(pollPublishers, 3000);
 }
 
 function renderTrades() {
@@ -207,3 +235,4 @@ function drawDepth() {
 $("filter").addEventListener("input", queueRender);
 window.addEventListener("resize", queueRender);
 connect();
+pollPublishers();
