@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -45,3 +46,16 @@ def start_service(name: str, env: dict[str, str], logdir: Path, timeout: float =
 def service_port(process: Process) -> int:
     """The ``--port`` a process from :func:`start_service` was given."""
     return int(process.argv[process.argv.index("--port") + 1])
+
+
+def metric(process: Process, name: str, **labels: str) -> float:
+    """One sample of the service's ``/metrics`` (0 when absent)."""
+    url = f"http://127.0.0.1:{service_port(process)}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    head = f"{name}{{{want}}}" if want else name
+    for line in text.splitlines():
+        if line.startswith(head + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,21 +17,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from marketpipe.infra.local import NatsCluster, Process, RedisServer
-from marketpipe.infra.services import service_env, service_port, start_service
+from marketpipe.infra.services import service_env, start_service
 from marketpipe.infra.simulator import SimulatorProcess
-
-
-def metric(process: Process, name: str, **labels: str) -> float:
-    """One sample of the service's ``/metrics`` (0 when absent)."""
-    url = f"http://127.0.0.1:{service_port(process)}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    head = f"{name}{{{want}}}" if want else name
-    for line in text.splitlines():
-        if line.startswith(head + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 class Recorder:

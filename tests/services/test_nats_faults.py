@@ -83,18 +83,26 @@ async def rig(
 
 
 async def resumed_after(rig: Rig, fault: Any) -> float:
-    """Seconds from ``fault()`` until every pair has published the market as it is after it."""
+    """Seconds from ``fault()`` until every pair's first book of the market as it moved after it
+    reached NATS (arrival times as the recorder took them: the rig's own pace is not counted)."""
+    before = {s: max(rig.truth[s]) for s in rig.symbols}
     started = time.monotonic()
+    seen = len(rig.recorder.books)
     await fault()
-    await rig.step()
-    after = {s: max(rig.truth[s]) for s in rig.symbols}
+    first: dict[str, float] = {}
 
-    def caught_up() -> bool:
-        last = rig.recorder.last
-        return all(last[s]["lastUpdateId"] >= after[s] for s in rig.symbols)
+    def resumed() -> bool:
+        nonlocal seen
+        books = rig.recorder.books
+        for at, message in books[seen:]:
+            symbol = message["symbol"]
+            if message["lastUpdateId"] > before[symbol]:
+                first.setdefault(symbol, at)
+        seen = len(books)
+        return len(first) == len(before)
 
-    await rig.drive_until(caught_up, within=30, pause=0.05)
-    return time.monotonic() - started
+    await rig.drive_until(resumed, within=30, pause=0.05)
+    return max(first.values()) - started
 
 
 def assert_no_wrong_repeated_or_reordered_book(rig: Rig) -> None:
