@@ -106,3 +106,18 @@ TRADE_CONTINUITY = Counter(
     ["event"],
 )
 MARKETS_PAIRS = Gauge("marketpipe_markets_pairs", "Pairs in the markets snapshot")
+
+# Shards (DESIGN §9): what each instance of a sharded service leads and ingests.
+BOOKS_LIVE = Gauge(
+    "marketpipe_books_live",
+    "Order books in sync on this instance, by shard and role (leader or standby)",
+    ["shard", "role"],
+)
+SHARD_PAIRS = Gauge(
+    "marketpipe_shard_pairs", "Pairs of each shard this instance ingests", ["shard"]
+)
+SHARDS_LEADING = Gauge("marketpipe_shards_leading", "Shards whose leader key this instance holds")
+SHARDS_STANDBY = Gauge(
+    "marketpipe_shards_standby",
+    "Shards this instance ingests without leading them (standing by, or covering a hand-over)",
+)
