@@ -1,8 +1,9 @@
 """The Kubernetes manifests: valid against the official schemas, consistent with each other and
-with the code (CLI commands, probe paths, settings keys, metric names)."""
+with the code (CLI commands, probe paths, settings keys, metric names, the dashboard's queries)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,22 +13,28 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 from prometheus_client import REGISTRY
 
 import marketpipe.ops.metrics  # noqa: F401  (registers every metric)
 from marketpipe.cli import COMMANDS
-from marketpipe.config import load_settings
+from marketpipe.config import Settings, load_settings
+from marketpipe.exchange.streams import stream_kind
 from marketpipe.infra.local import find_binary
+from marketpipe.services.orderbook import STREAM_KIND as DEPTH_STREAM
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 # The oldest Kubernetes the manifests support and the newest the validator knows, strict schemas
 # (unknown fields are errors).
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 SERVICES = ("orderbook", "trades", "tickers", "markets", "gateway")
-# Only the leader of these publishes: more replicas add standbys, never throughput.
-LEADER_ELECTED = ("orderbook", "trades", "tickers", "markets")
+# Pairs sharded over the replicas (DESIGN §9): more replicas divide the work. The exchange stream
+# each ingests, whose rate per pod its autoscaler follows.
+SHARDED = {"orderbook": DEPTH_STREAM, "trades": "trade", "tickers": "ticker"}
+# Only the leader of this one publishes: more replicas add standbys, never throughput.
+SINGLE_LEADER = ("markets",)
 SERVICE_PORT = 8080
 CLUSTER_DOMAIN = "svc.cluster.local"
 
@@ -48,10 +55,35 @@ def _load() -> list[Manifest]:
     found = []
     for path in sorted(DEPLOY.rglob("*.yaml")):
         if path.name == "kustomization.yaml":
+            found.extend(_generated(path))
             continue
         for index, body in enumerate(yaml.safe_load_all(path.read_text())):
             if body:
                 found.append(Manifest(path, index, body))
+    return found
+
+
+def _generated(kustomization: Path) -> list[Manifest]:
+    """The ConfigMaps a kustomization generates from files, as kustomize builds them."""
+    spec = yaml.safe_load(kustomization.read_text())
+    options = spec.get("generatorOptions", {})
+    found = []
+    for generator in spec.get("configMapGenerator", []):
+        assert options.get("disableNameSuffixHash"), f"{kustomization}: names must stay stable"
+        files = [entry.rpartition("=") for entry in generator["files"]]
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": generator["name"],
+                "namespace": spec["namespace"],
+                "labels": options.get("labels", {}),
+            },
+            "data": {
+                key or name: (kustomization.parent / name).read_text() for key, _, name in files
+            },
+        }
+        found.append(Manifest(kustomization.parent / files[0][2], 0, body))
     return found
 
 
@@ -115,8 +147,13 @@ def test_every_kustomization_lists_every_manifest_beside_it() -> None:
     assert DEPLOY / "kustomization.yaml" in kustomizations
     for kustomization in kustomizations:
         folder = kustomization.parent
-        listed = set(yaml.safe_load(kustomization.read_text())["resources"])
+        spec = yaml.safe_load(kustomization.read_text())
+        listed = set(spec["resources"])
+        listed |= {
+            f.rpartition("=")[2] for g in spec.get("configMapGenerator", []) for f in g["files"]
+        }
         present = {p.name for p in folder.glob("*.yaml") if p != kustomization}
+        present |= {p.name for p in folder.glob("*.json")}
         present |= {d.name for d in folder.iterdir() if (d / "kustomization.yaml").exists()}
         assert listed == present, f"{kustomization}: listed {listed}, present {present}"
 
@@ -139,8 +176,10 @@ def test_every_object_is_namespaced_in_a_declared_or_external_namespace() -> Non
         if manifest.body["kind"] == "Namespace":
             continue
         namespace = manifest.body["metadata"].get("namespace")
-        # the adapter's ConfigMap lives beside prometheus-adapter, installed separately
-        expected = "monitoring" if "prometheus-adapter" in manifest.path.parts else declared
+        # the adapter's and the dashboard's ConfigMaps live beside prometheus-adapter and
+        # Grafana, installed separately; their folder's kustomization names that namespace
+        folder = yaml.safe_load((manifest.path.parent / "kustomization.yaml").read_text())
+        expected = {folder["namespace"]} if "namespace" in folder else declared
         assert namespace in expected, manifest.label
 
 
@@ -148,7 +187,7 @@ def test_every_object_is_namespaced_in_a_declared_or_external_namespace() -> Non
 def test_service_deployment_runs_its_command_with_probes(service: str) -> None:
     assert service in COMMANDS
     deployment = _one("Deployment", service)
-    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["replicas"] >= 2
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert container["command"] == ["marketpipe", service, "--port", str(SERVICE_PORT)]
@@ -211,44 +250,195 @@ def test_etcd_budget_keeps_a_quorum() -> None:
 
 def test_autoscalers_target_existing_deployments_that_can_scale_out() -> None:
     autoscalers = _all("HorizontalPodAutoscaler")
-    assert {a["spec"]["scaleTargetRef"]["name"] for a in autoscalers} == {"gateway"}
+    # a single leader does all the work: more replicas of it would add standbys, not capacity
+    assert {a["spec"]["scaleTargetRef"]["name"] for a in autoscalers} == {"gateway", *SHARDED}
     for autoscaler in autoscalers:
         spec = autoscaler["spec"]
         target = spec["scaleTargetRef"]
         assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
         deployment = _one("Deployment", target["name"])
         assert deployment["metadata"]["namespace"] == autoscaler["metadata"]["namespace"]
-        assert target["name"] not in LEADER_ELECTED
+        assert target["name"] not in SINGLE_LEADER
         assert spec["minReplicas"] == deployment["spec"]["replicas"]
         assert spec["maxReplicas"] > spec["minReplicas"]
 
 
+def _shard_settings(service: str) -> tuple[int, int]:
+    """SHARDS and STANDBYS_PER_SHARD as the service's pods get them."""
+    (container,) = _containers(_one("Deployment", service))
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return int(env["MARKETPIPE_SHARDS"]), int(env["MARKETPIPE_STANDBYS_PER_SHARD"])
+
+
+@pytest.mark.parametrize("service", SHARDED)
+def test_sharded_services_scale_within_their_shards_and_keep_a_standby_through_disruptions(
+    service: str,
+) -> None:
+    shards, standbys = _shard_settings(service)
+    deployment = _one("Deployment", service)
+    autoscaler = _one("HorizontalPodAutoscaler", service)["spec"]
+    # every shard has its standbys on other pods, from the smallest count up
+    assert standbys >= 1
+    assert autoscaler["minReplicas"] >= standbys + 1
+    # a pod beyond SHARDS would lead nothing
+    assert autoscaler["maxReplicas"] <= shards
+    # one pod down at a time (eviction, rollout): each shard keeps its leader or a hot standby
+    budget = _one("PodDisruptionBudget", service)["spec"]
+    assert budget == {"maxUnavailable": budget["maxUnavailable"], "selector": budget["selector"]}
+    assert 1 <= budget["maxUnavailable"] <= standbys
+    rollout = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert rollout["maxUnavailable"] == 0
+    # scaling is a rebalance: one pod at a time
+    for direction in ("scaleUp", "scaleDown"):
+        assert autoscaler["behavior"][direction]["policies"] == [
+            {
+                "type": "Pods",
+                "value": 1,
+                "periodSeconds": autoscaler["behavior"][direction]["policies"][0]["periodSeconds"],
+            }
+        ]
+
+
+@pytest.mark.parametrize("service", SHARDED)
+def test_sharded_services_settings_load(service: str) -> None:
+    if "shards" not in Settings.model_fields:
+        pytest.skip("SHARDS is not a setting yet (issue 13: the runtime side adds it)")
+    (container,) = _containers(_one("Deployment", service))
+    data = _one("ConfigMap", "marketpipe-config")["data"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = load_settings(environ={**data, **env})
+    assert (settings.shards, settings.standbys_per_shard) == _shard_settings(service)  # type: ignore[attr-defined]
+
+
 def _exported_metric_names() -> set[str]:
+    """Every series name the services' registry exposes (counters with ``_total``, histograms
+    as ``_bucket``, ``_sum`` and ``_count``)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     names = set()
     for family in REGISTRY.collect():
-        names.add(family.name)
-        if family.type == "counter":
-            names.add(family.name + "_total")
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
     return names
 
 
-def test_custom_metrics_are_exported_by_the_code_and_exposed_by_the_adapter() -> None:
-    adapter = yaml.safe_load(_one("ConfigMap", "marketpipe-adapter-config")["data"]["config.yaml"])
-    exposed = {rule["name"]["as"] for rule in adapter["rules"]}
-    queried = set()
-    for rule in adapter["rules"]:
-        found = re.match(r"^(\w+)\{", rule["seriesQuery"])
-        assert found, rule["seriesQuery"]
-        queried.add(found.group(1))
-        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
-    assert queried <= _exported_metric_names()
-    wanted = set()
+def _selectors(expr: str) -> list[promql_parser.VectorSelector]:
+    found: list[promql_parser.VectorSelector] = []
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append(node)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def _matchers(selector: promql_parser.VectorSelector) -> dict[str, str]:
+    return {m.name: m.value for m in selector.matchers.matchers}
+
+
+def _adapter_rules() -> list[dict[str, Any]]:
+    config = _one("ConfigMap", "marketpipe-adapter-config")["data"]["config.yaml"]
+    return list(yaml.safe_load(config)["rules"])
+
+
+def _autoscaled_metrics() -> dict[str, str]:
+    """Custom metric name -> the Deployment whose autoscaler follows it."""
+    wanted = {}
     for autoscaler in _all("HorizontalPodAutoscaler"):
         for metric in autoscaler["spec"]["metrics"]:
             if metric["type"] in ("Pods", "Object"):
-                wanted.add(metric[metric["type"].lower()]["metric"]["name"])
+                name = metric[metric["type"].lower()]["metric"]["name"]
+                wanted[name] = autoscaler["spec"]["scaleTargetRef"]["name"]
+    return wanted
+
+
+def test_custom_metrics_are_exported_by_the_code_and_exposed_by_the_adapter() -> None:
+    exported = _exported_metric_names()
+    exposed = {}
+    for rule in _adapter_rules():
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+        (series,) = _selectors(rule["seriesQuery"])
+        assert series.name in exported, rule["seriesQuery"]
+        assert re.fullmatch(rule["name"]["matches"], series.name)
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.Series>>", series.name)
+            .replace("<<.LabelMatchers>>", 'namespace="marketpipe",pod=~"x-.*"')
+            .replace("<<.GroupBy>>", "pod")
+        )
+        (selector,) = _selectors(query)
+        assert selector.name == series.name
+        # the query keeps the series the rule found (a stream="depth" of the seriesQuery is not
+        # applied by the adapter on its own)
+        assert (
+            _matchers(series).items() - {"namespace": "", "pod": ""}.items()
+            <= _matchers(selector).items()
+        )
+        exposed[rule["name"]["as"]] = _matchers(selector)
+    wanted = _autoscaled_metrics()
     assert "marketpipe_gateway_connections" in wanted
-    assert wanted <= exposed
+    assert set(wanted) == set(exposed), "every autoscaler's metric has a rule, every rule a use"
+    for name, service in wanted.items():
+        if service in SHARDED:
+            # the stream label value the code actually counts that service's frames under
+            assert exposed[name]["stream"] == stream_kind(f"btcusdt@{SHARDED[service]}")
+
+
+DASHBOARD = DEPLOY / "grafana" / "marketpipe-dashboard.json"
+# Grafana's own variables, as a query would see them (they are not PromQL)
+GRAFANA_INTERVALS = re.compile(r"\$__(rate_)?interval|\$__range")
+
+
+def _dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        queries.extend(target["expr"] for target in panel.get("targets", []))
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            found = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["query"]["query"])
+            assert found, variable["query"]
+            queries.append(found.group(1))
+    return [GRAFANA_INTERVALS.sub("5m", query) for query in queries]
+
+
+def test_the_dashboard_is_provisioned_for_grafanas_sidecar() -> None:
+    (configmap,) = [m.body for m in MANIFESTS if m.path == DASHBOARD]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"][DASHBOARD.name])["uid"] == "marketpipe"
+
+
+def test_every_dashboard_panel_queries_metrics_the_services_export() -> None:
+    exported = _exported_metric_names()
+    queried = set()
+    for query in _dashboard_queries():
+        for selector in _selectors(query):  # raises on a query that is not valid PromQL
+            assert selector.name in exported, f"no such metric: {selector.name} in {query}"
+            queried.add(selector.name)
+    # what the issue asks the dashboard to show
+    for metric in (
+        "marketpipe_books_live",
+        "marketpipe_publish_latency_seconds_bucket",
+        "marketpipe_book_resyncs_total",
+        "marketpipe_rest_weight_used",
+        "marketpipe_shards_leading",
+        "marketpipe_gateway_connections",
+        "marketpipe_gateway_dropped_messages_total",
+    ):
+        assert metric in queried
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    taken: set[tuple[int, int]] = set()
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24
+        cells = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not cells & taken, panel["title"]
+        taken |= cells
 
 
 def test_services_and_probes_use_ports_their_pods_declare() -> None:
