@@ -301,7 +301,7 @@ def test_sharded_services_settings_load(service: str) -> None:
     data = _one("ConfigMap", "marketpipe-config")["data"]
     env = {e["name"]: e["value"] for e in container["env"]}
     settings = load_settings(environ={**data, **env})
-    assert (settings.shards, settings.standbys_per_shard) == _shard_settings(service)  # type: ignore[attr-defined]
+    assert (settings.shards, settings.standbys_per_shard) == _shard_settings(service)
 
 
 def _exported_metric_names() -> set[str]:
