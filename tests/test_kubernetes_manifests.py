@@ -295,8 +295,6 @@ def test_sharded_services_scale_within_their_shards_and_keep_a_standby_through_d
 
 @pytest.mark.parametrize("service", SHARDED)
 def test_sharded_services_settings_load(service: str) -> None:
-    if "shards" not in Settings.model_fields:
-        pytest.skip("SHARDS is not a setting yet (issue 13: the runtime side adds it)")
     (container,) = _containers(_one("Deployment", service))
     data = _one("ConfigMap", "marketpipe-config")["data"]
     env = {e["name"]: e["value"] for e in container["env"]}

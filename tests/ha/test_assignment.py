@@ -7,6 +7,7 @@ import math
 import random
 import zlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -240,6 +241,15 @@ class Cluster:
     hot: dict[str, set[int]] = field(default_factory=dict)
     ingesting: dict[str, set[int]] = field(default_factory=dict)
 
+    @classmethod
+    def started(cls, instances: Iterable[str], shards: int, standbys: int) -> Cluster:
+        """A cluster of ``instances`` that has settled: every wanted role taken and hot."""
+        cluster = cls(shards, standbys)
+        for i in instances:
+            cluster.join(i)
+        cluster.settle()
+        return cluster
+
     @property
     def live(self) -> list[str]:
         return sorted(self.ingesting)
@@ -296,10 +306,9 @@ class Cluster:
         return [i for i in self.live if shard in self.hot[i]]
 
 
-operations = st.lists(
-    st.tuples(st.sampled_from(["join", "step", "step", "sync", "sync"]), st.integers(0, 99), ids),
-    max_size=40,
-)
+def operations(*names: str) -> st.SearchStrategy[list[tuple[str, int, str]]]:
+    """Sequences of (operation, which live instance or shard, a newcomer's id)."""
+    return st.lists(st.tuples(st.sampled_from(names), st.integers(0, 99), ids), max_size=40)
 
 
 def apply(cluster: Cluster, operation: tuple[str, int, str]) -> None:
@@ -316,17 +325,14 @@ def apply(cluster: Cluster, operation: tuple[str, int, str]) -> None:
 
 
 @settings(deadline=None)
-@given(instance_lists, shard_counts, standby_counts, operations)
+@given(instance_lists, shard_counts, standby_counts, operations("join", "step", "sync"))
 def test_joins_hand_shards_over_make_before_break(
     instances: list[str],
     shards: int,
     standbys: int,
     ops: list[tuple[str, int, str]],
 ) -> None:
-    cluster = Cluster(shards, standbys)
-    for i in instances:
-        cluster.join(i)
-    cluster.settle()
+    cluster = Cluster.started(instances, shards, standbys)
     for op in ops:
         apply(cluster, op)
         for k in range(shards):
@@ -340,22 +346,14 @@ def test_joins_hand_shards_over_make_before_break(
 
 
 @settings(deadline=None)
-@given(
-    instance_lists,
-    shard_counts,
-    standby_counts,
-    st.lists(
-        st.tuples(st.sampled_from(["join", "kill", "step", "sync"]), st.integers(0, 99), ids),
-        max_size=40,
-    ),
-)
+@given(instance_lists, shard_counts, standby_counts, operations("join", "kill", "step", "sync"))
 def test_the_cluster_settles_balanced_after_any_joins_and_deaths(
     instances: list[str],
     shards: int,
     standbys: int,
     ops: list[tuple[str, int, str]],
 ) -> None:
-    cluster = Cluster(shards, standbys)
+    cluster = Cluster(shards, standbys)  # not settled first: a cold start, all at once
     for i in instances:
         cluster.join(i)
     for op in ops:
@@ -373,10 +371,7 @@ def test_the_cluster_settles_balanced_after_any_joins_and_deaths(
 def test_after_a_death_every_shard_is_led_by_a_hot_standby_without_a_snapshot(
     instances: list[str], shards: int, standbys: int, data: st.DataObject
 ) -> None:
-    cluster = Cluster(shards, standbys)
-    for i in instances:
-        cluster.join(i)
-    cluster.settle()
+    cluster = Cluster.started(instances, shards, standbys)
     cluster.kill(data.draw(st.sampled_from(instances)))
     # Each takeover changes the view, which may make another hot standby the taker of a shard
     # still free: a few etcd round trips, each a new campaign, none waiting for a snapshot.
@@ -423,10 +418,7 @@ def test_three_replicas_lead_two_or_three_of_eight_shards_and_a_fourth_takes_two
 
 
 def test_a_hand_over_waits_for_the_newcomer_to_be_hot() -> None:
-    cluster = Cluster(8, 1)
-    for i in "abc":
-        cluster.join(i)
-    cluster.settle()
+    cluster = Cluster.started("abc", 8, 1)
     cluster.join("d")
     wanted = cluster.wanted()
     (moving, *_) = sorted(wanted.leading("d"))
@@ -449,10 +441,7 @@ def test_a_hand_over_waits_for_the_newcomer_to_be_hot() -> None:
 
 
 def test_when_a_leader_dies_its_hot_standby_campaigns() -> None:
-    cluster = Cluster(8, 1)
-    for i in "abc":
-        cluster.join(i)
-    cluster.settle()
+    cluster = Cluster.started("abc", 8, 1)
     standby = cluster.wanted().shards[0].standbys[0]
     cluster.kill(cluster.holders[0])
     view = cluster.view()
