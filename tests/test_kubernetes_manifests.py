@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 import marketpipe.ops.metrics  # noqa: F401  (registers every metric)
 from marketpipe.cli import COMMANDS
-from marketpipe.config import Settings, load_settings
+from marketpipe.config import load_settings
 from marketpipe.exchange.streams import stream_kind
 from marketpipe.infra.local import find_binary
 from marketpipe.services.orderbook import STREAM_KIND as DEPTH_STREAM
