@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import cast
@@ -463,6 +464,10 @@ class RedisCache:
         prefix = self.prefix
         epoch_of = self._epoch
         chunks = self._chunks(transaction=True)
+        # A token first and read back last: a Redis that lost its data again meanwhile (a
+        # restart, FLUSHALL) no longer holds it, and is refilled once more.
+        token = os.urandom(8).hex().encode()
+        chunks.pipe.set(self._sentinel, token)
         for key, value in self._values.items():
             epoch = epoch_of(key)
             if epoch is not None:
@@ -477,11 +482,15 @@ class RedisCache:
             if epoch is not None:  # fields deleted while Redis was away go too
                 chunks.hash_fields(prefix + name, epoch, fields, replace=True)
         chunks.finish()
-        chunks.pipe.set(self._sentinel, b"1")  # last: only a complete refill plants it
+        chunks.pipe.get(self._sentinel)
         self._clear_pending()
         self._refill_needed = True  # until every pipeline is known to have landed
         for pipe in chunks.pipes:
-            await pipe.execute()
+            results = await pipe.execute()
+        if results[-1] != token:
+            log.warning("redis lost its data during the refill; refilling again")
+            self._wake.set()
+            return
         self._refill_needed = False
         self._healthy = True
         REDIS_REFILLS.inc()

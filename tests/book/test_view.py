@@ -35,7 +35,7 @@ def test_message_shape_and_exact_strings() -> None:
     sync = live([("61234.01000000", "0.51200000")], [("61234.02000000", "0.00300000")])
     raw = render_view(sync, ViewSettings(35, 250), seq=3, epoch=2)
     assert raw == (
-        b'{"symbol":"BTCUSDT","lastUpdateId":9,"E":1765432100123,"seq":3,"epoch":2,'
+        b'{"symbol":"BTCUSDT","lastUpdateId":9,"E":1765432100123,"seq":3,"epoch":2,"shard":0,'
         b'"bids":[["61234.01000000","0.51200000"]],"asks":[["61234.02000000","0.00300000"]]}'
     )
 

@@ -31,6 +31,7 @@ from marketpipe.infra.local import NatsCluster, RedisServer, free_port
 from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.transport.nats import NatsClient
 from tests.book.truth import true_view
+from tests.eventually import eventually
 
 SYMBOLS = 60
 LEVELS = 300
@@ -166,6 +167,16 @@ class Rig:
             raw = self.recorder.last_raw[symbol]
             assert orjson.dumps(bids) in raw and orjson.dumps(asks) in raw, symbol
             await self.cached_is(symbol, raw)
+
+    def views_are(self, settings: dict[str, dict[str, Any]]) -> bool:
+        """The last book of every pair is its current true view with ``settings``."""
+        for symbol in self.symbols:
+            book = self.truth[symbol]
+            message = self.recorder.last.get(symbol)
+            want = view_of(settings, symbol, *book[max(book)])
+            if message is None or (message["bids"], message["asks"]) != want:
+                return False
+        return True
 
     async def cached_is(self, symbol: str, raw: bytes) -> None:
         """Redis gets the last published book within the service's cache period (0.5 s)."""
@@ -363,8 +374,7 @@ async def test_a_resync_does_not_delay_the_other_books(rig: Rig) -> None:
         ids = {s: max(rig.truth[s]) for s in rig.symbols}
         stepped.append((time.monotonic(), ids))
         await asyncio.sleep(0.15)
-    await asyncio.sleep(0.3)
-    assert rig.recorder.status[victim]["state"] == "live"
+    await eventually(lambda: rig.recorder.status[victim]["state"] == "live", within=15)
     published = rig.recorder.books[start:]
     seen = {(m["symbol"], m["lastUpdateId"]): t for t, m in published}
     changes = [m for _, m in rig.recorder.status_history if m["symbol"] == victim]
@@ -421,7 +431,8 @@ async def test_pairs_and_settings_change_at_runtime(rig: Rig) -> None:
     # new settings: every live book is republished with its new view, without any market change
     changed = {"DEFAULT": {"MaxSpreadPct": 10, "Depth": 5}}
     sim.admin("PUT", "settings", changed)
-    await asyncio.sleep(2.5)  # a settings poll (1 s) and the republish
+    # a settings poll (1 s) and the republish
+    await eventually(lambda: rig.views_are(changed), within=30)
     await rig.check_quiescent(changed)
 
 
