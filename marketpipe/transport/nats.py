@@ -70,6 +70,9 @@ RECONNECT_BUFFER_BYTES = 8 * 1024 * 1024
 # every book of a new leader's first round at once.
 OUTGOING_LIMIT_BYTES = 64 * 1024 * 1024
 _CRLF = b"\r\n"
+# nats-py waits this long before trying a server it tried last: a publisher whose connection
+# was reset is back within about this (its default of 2 s would keep books dark that long)
+RECONNECT_WAIT_SECONDS = 0.1
 
 
 class PayloadTooLargeError(Exception):
@@ -91,7 +94,7 @@ class NatsClient:
         urls: Sequence[str],
         subject_prefix: str = "",
         name: str = "marketpipe",
-        reconnect_wait: float = 0.5,
+        reconnect_wait: float = RECONNECT_WAIT_SECONDS,
         drain_seconds: float = 5.0,
     ) -> None:
         self.urls = list(urls)

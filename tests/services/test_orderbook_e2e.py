@@ -240,12 +240,15 @@ async def running_rig(
     redis_server: RedisServer,
     logdir: Path,
     env: dict[str, str] | None = None,
+    recorder_urls: list[str] | None = None,
 ) -> AsyncIterator[Rig]:
+    """The service, and a recorder of what it publishes (on ``recorder_urls``, default any
+    node of the cluster)."""
     tag = uuid.uuid4().hex[:8]
     prefix, redis_prefix = f"t{tag}.", f"t{tag}:"
     sim.admin("PUT", "settings", SETTINGS)
     symbols = [s["symbol"] for s in sim.admin("GET", "symbols")]
-    nats = NatsClient(nats_cluster.urls, prefix, name="orderbook-test")
+    nats = NatsClient(recorder_urls or nats_cluster.urls, prefix, name="orderbook-test")
     await nats.connect()
     recorder = Recorder(prefix)
     await nats.subscribe("orderbook.*", recorder.on_book)
