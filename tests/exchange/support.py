@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from marketpipe.infra.simulator import SimulatorProcess
+from tests.eventually import eventually
 
 SimFactory = Callable[..., SimulatorProcess]  # the make_sim fixture: extra CLI options -> running
 
 
 async def wait_for(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    await eventually(check, within)
 
 
 async def admin(

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from marketpipe.infra.local import NatsCluster
 from marketpipe.infra.simulator import SimulatorProcess
 
 HA_SYMBOLS = 20
@@ -22,3 +23,12 @@ def ha_sim() -> Iterator[SimulatorProcess]:
     sim.admin("PUT", "settings", HA_SETTINGS)
     yield sim
     sim.stop()
+
+
+@pytest.fixture(scope="module")
+def isolated_cluster() -> Iterator[NatsCluster]:
+    """A cluster whose servers do not advertise their addresses: a process given proxied
+    addresses cannot reconnect around its proxies (fault tests cut it off)."""
+    nats = NatsCluster(no_advertise=True).start()
+    yield nats
+    nats.stop()

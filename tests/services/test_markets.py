@@ -9,12 +9,13 @@ from typing import Any
 
 import msgspec
 import orjson
-from feed_harness import Recorder, blocking, feed_stack, metric
+from feed_harness import Recorder, blocking, feed_stack
 from hypothesis import given
 from hypothesis import strategies as st
 
 from marketpipe.exchange.messages import Ticker
 from marketpipe.infra.local import NatsCluster, RedisServer
+from marketpipe.infra.services import metric
 from marketpipe.services.feed_messages import tickers_from_rest
 from marketpipe.services.markets_model import MarketsModel
 

@@ -30,19 +30,12 @@ FAULTS = 20
 RESUME_SECONDS = 2.0
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[NatsCluster]:
-    """Its own cluster whose servers do not advertise: the leader stays behind its proxies."""
-    nats = NatsCluster(no_advertise=True).start()
-    yield nats
-    nats.stop()
-
-
 @pytest.fixture
-def proxies(cluster: NatsCluster) -> Iterator[list[FaultProxy]]:
+def proxies(isolated_cluster: NatsCluster) -> Iterator[list[FaultProxy]]:
     """The leader reaches nodes 0 and 1, through proxies; the test's recorder reads node 2,
     which no fault touches (its own reconnects would blur what the leader's cost)."""
-    started = [FaultProxy(target_port=port).start() for port in cluster.client_ports[:2]]
+    ports = isolated_cluster.client_ports[:2]
+    started = [FaultProxy(target_port=port).start() for port in ports]
     yield started
     for proxy in started:
         proxy.stop()
@@ -62,7 +55,7 @@ def sim() -> Iterator[SimulatorProcess]:
 @pytest.fixture
 async def rig(
     sim: SimulatorProcess,
-    cluster: NatsCluster,
+    isolated_cluster: NatsCluster,
     proxies: list[FaultProxy],
     redis_server: RedisServer,
     tmp_path: Path,
@@ -76,7 +69,7 @@ async def rig(
         # the market moves only when the test steps it: a slow step is not a silent exchange
         "MARKETPIPE_SILENT_CONNECTION_SECONDS": "10",
     }
-    recorder = cluster.urls[2:]
+    cluster, recorder = isolated_cluster, isolated_cluster.urls[2:]
     async with running_rig(sim, cluster, redis_server, tmp_path, env, recorder) as running:
         everyone = set(running.symbols)
         await running.drive_until(lambda: running.recorder.live() == everyone, within=120)
@@ -132,8 +125,9 @@ async def test_nats_connection_resets_publishing_resumes_every_time(
 
 
 async def test_kill_9_of_the_leaders_nats_node_publishing_resumes_every_time(
-    rig: Rig, cluster: NatsCluster, proxies: list[FaultProxy]
+    rig: Rig, isolated_cluster: NatsCluster, proxies: list[FaultProxy]
 ) -> None:
+    cluster = isolated_cluster
     took: list[float] = []
     for _ in range(FAULTS):
         statuses = [await blocking(p.status) for p in proxies]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,16 @@ from test_failover import (
     assert_trades_complete,
     replicas,
     steady_leader,
+    trades_go_on_after_takeover,
 )
 
 from marketpipe.infra.local import EtcdServer, NatsCluster, RedisServer
 from marketpipe.infra.proxy import FaultProxy
 from marketpipe.infra.simulator import SimulatorProcess
+from tests.eventually import eventually
 
 TTL = 3
 PARTITION_SECONDS = 12.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[NatsCluster]:
-    """Servers that do not advertise: ``a`` cannot reconnect around its proxies."""
-    nats = NatsCluster(no_advertise=True).start()
-    yield nats
-    nats.stop()
 
 
 class Partition:
@@ -104,55 +98,31 @@ async def partitioned_pair(
 
 
 @pytest.fixture
-async def orderbooks(
+async def partitioned(
+    request: pytest.FixtureRequest,
     ha_sim: SimulatorProcess,
-    cluster: NatsCluster,
+    isolated_cluster: NatsCluster,
     redis_server: RedisServer,
     fresh_etcd: EtcdServer,
     tmp_path: Path,
 ) -> AsyncIterator[tuple[Pair, Partition]]:
+    """``request.param``: (service, the replica that leads first)."""
+    service, leader_first = request.param
     async with partitioned_pair(
-        "orderbook", ha_sim, cluster, redis_server, fresh_etcd, tmp_path
+        service, ha_sim, isolated_cluster, redis_server, fresh_etcd, tmp_path, leader_first
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def trades(
-    ha_sim: SimulatorProcess,
-    cluster: NatsCluster,
-    redis_server: RedisServer,
-    fresh_etcd: EtcdServer,
-    tmp_path: Path,
-) -> AsyncIterator[tuple[Pair, Partition]]:
-    async with partitioned_pair(
-        "trades", ha_sim, cluster, redis_server, fresh_etcd, tmp_path
-    ) as run:
-        yield run
-
-
-@pytest.fixture
-async def trades_behind_follower(
-    ha_sim: SimulatorProcess,
-    cluster: NatsCluster,
-    redis_server: RedisServer,
-    fresh_etcd: EtcdServer,
-    tmp_path: Path,
-) -> AsyncIterator[tuple[Pair, Partition]]:
-    async with partitioned_pair(
-        "trades", ha_sim, cluster, redis_server, fresh_etcd, tmp_path, leader_first="b"
-    ) as run:
-        yield run
 
 
 def first_arrival(messages: list[tuple[float, dict[str, Any]]], epoch: int) -> float:
     return min(at for at, m in messages if m["epoch"] == epoch)
 
 
+@pytest.mark.parametrize("partitioned", [("orderbook", "a")], indirect=True)
 async def test_orderbook_partitioned_leader_heals_without_one_old_book_after_the_new(
-    orderbooks: tuple[Pair, Partition],
+    partitioned: tuple[Pair, Partition],
 ) -> None:
-    pair, partition = orderbooks
+    pair, partition = partitioned
     leader, follower, old_epoch = await steady_leader(pair)
     assert leader.name == "a"
 
@@ -187,19 +157,17 @@ async def test_orderbook_partitioned_leader_heals_without_one_old_book_after_the
         assert cached is not None and orjson.loads(cached)["epoch"] == new_epoch, symbol
 
 
+@pytest.mark.parametrize("partitioned", [("trades", "a")], indirect=True)
 async def test_trades_partitioned_leader_heals_without_a_lost_or_repeated_trade(
-    trades: tuple[Pair, Partition],
+    partitioned: tuple[Pair, Partition],
 ) -> None:
-    pair, partition = trades
+    pair, partition = partitioned
     leader, follower = await pair.leader()
     assert leader.name == "a"
     await pair.recorder.wait_for(lambda: len(pair.messages("trades")) > 50)
 
     await partition.stall()
-    deadline = time.monotonic() + TTL + 5
-    while not await blocking(lambda: follower.leading):
-        assert time.monotonic() < deadline, "the follower did not take over in time"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: blocking(lambda: follower.leading), within=TTL + 5)
     await asyncio.sleep(PARTITION_SECONDS - TTL)
     await partition.heal()
     await asyncio.sleep(3.0)
@@ -207,12 +175,13 @@ async def test_trades_partitioned_leader_heals_without_a_lost_or_repeated_trade(
     await assert_trades_complete(pair)
 
 
+@pytest.mark.parametrize("partitioned", [("trades", "b")], indirect=True)
 async def test_trades_follower_that_lost_nats_repeats_nothing_when_it_takes_over(
-    trades_behind_follower: tuple[Pair, Partition],
+    partitioned: tuple[Pair, Partition],
 ) -> None:
     """The follower learns what was published from NATS: while its own connection is down it
     misses some. Taking over soon after, it must not publish those trades again."""
-    pair, partition = trades_behind_follower
+    pair, partition = partitioned
     leader, follower = await pair.leader()
     assert follower.name == "a"
     await pair.recorder.wait_for(lambda: len(pair.messages("trades")) > 50)
@@ -227,10 +196,5 @@ async def test_trades_follower_that_lost_nats_repeats_nothing_when_it_takes_over
     await asyncio.sleep(0.5)  # the leader's Redis writes of those trades have landed
 
     await blocking(leader.process.kill)
-    deadline = time.monotonic() + TTL + 5
-    while not await blocking(lambda: follower.leading):
-        assert time.monotonic() < deadline, "the follower did not take over in time"
-        await asyncio.sleep(0.05)
-    took_over = time.time()
-    await pair.recorder.wait_for(lambda: len(pair.messages("trades", took_over)) > 50)
+    await trades_go_on_after_takeover(follower, pair, within=TTL + 5)
     await assert_trades_complete(pair)

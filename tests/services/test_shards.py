@@ -27,10 +27,10 @@ from typing import Any
 
 import orjson
 import pytest
-from feed_harness import Recorder, blocking, metric
+from feed_harness import Recorder, blocking
 
 from marketpipe.infra.local import EtcdServer, NatsCluster, Process, RedisServer
-from marketpipe.infra.services import service_env, start_service
+from marketpipe.infra.services import metric, service_env, start_service
 from marketpipe.infra.simulator import SimulatorProcess
 
 PAIRS = 300

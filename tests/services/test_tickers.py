@@ -8,10 +8,11 @@ from typing import Any
 
 import msgspec
 import orjson
-from feed_harness import blocking, feed_stack, metric
+from feed_harness import blocking, feed_stack
 
 from marketpipe.exchange.messages import decode_combined
 from marketpipe.infra.local import NatsCluster, RedisServer
+from marketpipe.infra.services import metric
 from marketpipe.services.feed_messages import ticker_message
 
 TICKER_KEYS = [

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from feed_harness import blocking, feed_stack, metric
+from feed_harness import blocking, feed_stack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketpipe.infra.local import NatsCluster, RedisServer
+from marketpipe.infra.services import metric
 from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.services.trade_gaps import (
     MAX_TRADES_LIMIT,

@@ -4,9 +4,6 @@ even when the connection was stalled with the term's bytes already in it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from marketpipe.ha.term import LeaseClock, Term
 from marketpipe.infra.local import NatsCluster
@@ -14,13 +11,6 @@ from marketpipe.infra.proxy import FaultProxy
 from marketpipe.transport.nats import NatsClient
 from tests.eventually import eventually
 from tests.transport.test_nats_client import Inbox, _connected, _publish_until_seen
-
-
-@pytest.fixture
-def node_proxy(nats_cluster: NatsCluster) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(target_port=nats_cluster.client_ports[0]).start()
-    yield proxy
-    proxy.stop()
 
 
 async def _pub_through(

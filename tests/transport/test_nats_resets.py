@@ -4,7 +4,6 @@ raises to the caller, and resumes once nats-py has reconnected."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import uvloop
@@ -18,13 +17,6 @@ from tests.transport.test_nats_client import Inbox, _connected, _publish_until_s
 @pytest.fixture(scope="module")
 def event_loop_policy() -> uvloop.EventLoopPolicy:
     return uvloop.EventLoopPolicy()
-
-
-@pytest.fixture
-def node_proxy(nats_cluster: NatsCluster) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(target_port=nats_cluster.client_ports[0]).start()
-    yield proxy
-    proxy.stop()
 
 
 async def test_resets_while_publishing_never_raise_and_publishing_resumes(
