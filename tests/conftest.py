@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from marketpipe.infra.local import EtcdServer, NatsCluster, RedisServer
+from marketpipe.infra.proxy import FaultProxy
 from marketpipe.infra.simulator import SimulatorProcess
 
 
@@ -62,3 +63,11 @@ def exchange_sim() -> Iterator[SimulatorProcess]:
     sim = SimulatorProcess(symbols=5, seed=1, extra_args=["--levels", "300"]).start()
     yield sim
     sim.stop()
+
+
+@pytest.fixture
+def node_proxy(nats_cluster: NatsCluster) -> Iterator[FaultProxy]:
+    """A fault proxy (marketpipe.infra.proxy) in front of the shared cluster's first node."""
+    proxy = FaultProxy(target_port=nats_cluster.client_ports[0]).start()
+    yield proxy
+    proxy.stop()

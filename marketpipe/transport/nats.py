@@ -96,12 +96,15 @@ class NatsClient:
         name: str = "marketpipe",
         reconnect_wait: float = RECONNECT_WAIT_SECONDS,
         drain_seconds: float = 5.0,
+        outgoing_limit_bytes: int = OUTGOING_LIMIT_BYTES,
+        reconnect_buffer_bytes: int = RECONNECT_BUFFER_BYTES,
     ) -> None:
         self.urls = list(urls)
         self.prefix = subject_prefix
         self.name = name
         self._reconnect_wait = reconnect_wait
         self.drain_seconds = drain_seconds
+        self._limits = (outgoing_limit_bytes, reconnect_buffer_bytes)
         self._nc = Client()
         # per subject: the labelled counter (.labels() costs ~1 µs) and b"PUB <subject> "
         self._published: dict[str, tuple[Counter, bytes]] = {}
@@ -146,7 +149,7 @@ class NatsClient:
                     connect_timeout=2,
                     ping_interval=5,
                     max_outstanding_pings=3,
-                    pending_size=RECONNECT_BUFFER_BYTES,
+                    pending_size=self._limits[1],
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
@@ -282,7 +285,7 @@ class NatsClient:
             return "ConnectionClosedError"
         if nc.is_draining_pubs:
             return "ConnectionDrainingError"
-        limit = OUTGOING_LIMIT_BYTES if nc.is_connected else RECONNECT_BUFFER_BYTES
+        limit = self._limits[0] if nc.is_connected else self._limits[1]
         if self._queued_bytes + size > limit:
             return "OutboundBufferLimitError"
         return None
