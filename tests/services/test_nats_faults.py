@@ -24,6 +24,7 @@ from test_orderbook_e2e import Rig, running_rig
 from marketpipe.infra.local import NatsCluster, RedisServer, wait_until
 from marketpipe.infra.proxy import FaultProxy
 from marketpipe.infra.simulator import SimulatorProcess
+from tests.transport.test_nats_client import Inbox, _connected, _publish_until_seen
 
 SYMBOLS = 200
 FAULTS = 20
@@ -100,6 +101,18 @@ async def resumed_after(rig: Rig, fault: Any) -> float:
     return max(first.values()) - started
 
 
+async def routed_to_the_recorder(cluster: NatsCluster, node: int) -> None:
+    """A message published on ``node`` reaches a subscriber on the recorder's node."""
+    source = await _connected(cluster.urls[node])
+    sink = await _connected(cluster.urls[2])
+    inbox = Inbox()
+    await sink.subscribe("probe.*", inbox)
+    await sink.flush()
+    await _publish_until_seen(source, "probe.ROUTE", inbox)
+    await source.drain()
+    await sink.drain()
+
+
 def assert_no_wrong_repeated_or_reordered_book(rig: Rig) -> None:
     assert rig.check_every_book() > 0
     last: dict[tuple[str, int], int] = {}
@@ -138,9 +151,10 @@ async def test_kill_9_of_the_leaders_nats_node_publishing_resumes_every_time(
 
         took.append(await resumed_after(rig, kill))
         await blocking(cluster.nodes[node].start)
-        # the next fault once the node is routed again: a client that moves to a node still
-        # forming its routes loses messages in the cluster, not in the service
+        # the next fault once the node routes again, interest included: a client that moves to a
+        # node still forming its routes loses messages in the cluster, not in the service
         await blocking(wait_until, cluster.routed, 20, "nats routes")
+        await routed_to_the_recorder(cluster, node)
     print(f"{FAULTS} kills of the leader's NATS node: resumed in {min(took):.2f}-{max(took):.2f} s")
     assert max(took) < RESUME_SECONDS, took
     assert_no_wrong_repeated_or_reordered_book(rig)
