@@ -201,7 +201,7 @@ class Gateway:
         )
         self.clients: set[ClientConnection] = set()
         self._upstream: dict[str, Any] = {}  # topic -> NATS subscription
-        self._upstream_lock = asyncio.Lock()
+        self._syncing: asyncio.Task[None] | None = None  # the task following the hub's interest
         self._closers: set[asyncio.Task[None]] = set()
         self._unflushed: list[ClientConnection] = []  # clients with frames gathered this turn
         self._accepting = False  # until start(): NATS must be connected first
@@ -306,18 +306,21 @@ class Gateway:
             log.info("closing client", code=outcome.close_code, reason=outcome.close_reason)
             await client.close(outcome.close_code, outcome.close_reason)
             return
-        if outcome.joined:
-            # upstream first: "subscribed" means live messages are already on their way
-            await self._open_upstream(outcome.joined)
-        if outcome.reply is not None:
-            client.deliver(None, outcome.reply)
         for topic in outcome.left:
             client.queue.discard(topic)
             self.hub.remove(client, topic)
-        await self._close_unwanted(outcome.left)
         for topic in outcome.joined:
-            if self.hub.add(client, topic):
-                await self._offer_cached(topic)
+            self.hub.join(client, topic)
+        if outcome.joined or outcome.left:
+            # upstream first: "subscribed" means live messages are already on their way
+            await self._sync_upstream()
+        if outcome.reply is not None:
+            client.deliver(None, outcome.reply)
+        # every joined topic is served before anything is awaited: nothing published after
+        # the reply is missed
+        uncached = [topic for topic in outcome.joined if self.hub.serve(client, topic)]
+        for topic in uncached:
+            await self._offer_cached(topic)
         for topic in outcome.once:
             await self._send_recent_trades(client, topic)
 
@@ -326,7 +329,7 @@ class Gateway:
         client.session.topics.clear()
         for topic in topics:
             self.hub.remove(client, topic)  # may already be gone: a slow client is cut first
-        await self._close_unwanted(topics)
+        await self._sync_upstream()
 
     def _gathering(self, client: ClientConnection) -> None:
         """``client`` has frames to write: flush every such client once this turn is done."""
@@ -354,27 +357,45 @@ class Gateway:
 
     # --- upstream ---
 
-    async def _open_upstream(self, topics: tuple[str, ...]) -> None:
-        async with self._upstream_lock:
-            opened = False
-            for topic in topics:
-                if topic not in self._upstream:
-                    subject = topic.replace("@", ".", 1)
-                    self._upstream[topic] = await self.nats.subscribe(subject, self._on_nats)
-                    opened = True
-            if opened:
+    async def _sync_upstream(self) -> None:
+        """Return once the NATS subscriptions match the hub's wanted topics (and the server
+        has confirmed the new ones). One task does the work; callers wait for it."""
+        if self._syncing is None or self._syncing.done():
+            self._syncing = asyncio.get_running_loop().create_task(
+                self._follow_interest(), name="gateway-upstream"
+            )
+        # shielded: a client that goes away must not stop a change others wait for
+        await asyncio.shield(self._syncing)
+
+    async def _follow_interest(self) -> None:
+        """Open or close one subscription per changed topic until no change is left: a change
+        made while a subscription was being opened or closed is taken in the same run."""
+        opened = False
+        while True:
+            topic = self.hub.take_changed()
+            if topic is None:
+                if not opened:
+                    break
+                opened = False
                 try:
                     await self.nats.flush()  # the server has our interest once this returns
                 except Exception as exc:  # NATS down: nats-py resubscribes on reconnect
                     log.warning("nats flush after subscribe failed", error=repr(exc))
-            GATEWAY_SUBSCRIPTIONS.set(len(self._upstream))
-
-    async def _close_unwanted(self, topics: tuple[str, ...]) -> None:
-        async with self._upstream_lock:
-            for topic in topics:
-                if topic in self._upstream and not self.hub.wanted(topic):
-                    with contextlib.suppress(Exception):
-                        await self._upstream.pop(topic).unsubscribe()
+                continue
+            wanted = self.hub.wanted(topic)
+            if wanted and topic not in self._upstream:
+                subject = topic.replace("@", ".", 1)
+                try:
+                    self._upstream[topic] = await self.nats.subscribe(subject, self._on_nats)
+                except Exception as exc:  # the NATS client is closed: only at shutdown
+                    log.warning("nats subscribe failed", topic=topic, error=repr(exc))
+                    self.hub.mark_changed(topic)  # the next change tries again
+                    break
+                opened = True
+            elif not wanted and topic in self._upstream:
+                # nats-py forgets the subscription before it awaits: nothing more is delivered
+                with contextlib.suppress(Exception):
+                    await self._upstream.pop(topic).unsubscribe()
             GATEWAY_SUBSCRIPTIONS.set(len(self._upstream))
 
     async def _on_nats(self, subject: str, payload: bytes) -> None:
@@ -415,8 +436,11 @@ class Gateway:
             *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in clients),
             return_exceptions=True,
         )
-        async with self._upstream_lock:
-            for sub in self._upstream.values():
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-            self._upstream.clear()
+        if self._syncing is not None:
+            self._syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncing
+        for sub in self._upstream.values():
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._upstream.clear()

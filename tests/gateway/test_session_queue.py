@@ -1,4 +1,4 @@
-"""The per-client state machine, the send queue and the fan-out hub, without sockets."""
+"""The per-client state machine and the send queue, without sockets."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marketpipe.gateway.hub import Hub
-from marketpipe.gateway.ordering import RESET_AFTER_STALE, OrderGuard, book_version
 from marketpipe.gateway.protocol import Conflation, symbols_in
 from marketpipe.gateway.send_queue import Pushed, SendQueue
 from marketpipe.gateway.session import CLOSE_POLICY, ClientSession, Limits
@@ -112,81 +110,3 @@ def test_queue_conflates_latest_values_and_bounds_the_backlog(
     assert [d for d in by_topic.get("trades@X", [])] == [
         {str(v): v} for t, v in sent if t == "trades@X"
     ]
-
-
-def book(last_update_id: int, epoch: int = 1, seq: int = 1) -> bytes:
-    return orjson.dumps(
-        {
-            "symbol": "BTCUSDT",
-            "lastUpdateId": last_update_id,
-            "E": 1,
-            "seq": seq,
-            "epoch": epoch,
-            "bids": [["1.0", "2"]],
-            "asks": [["1.1", "3"]],
-        }
-    )
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.frames: list[tuple[str, bytes]] = []
-
-    def deliver(self, topic: str, frame: bytes, how: Conflation) -> None:
-        self.frames.append((topic, frame))
-
-
-def test_hub_wanted_while_subscribed_and_latest_on_join() -> None:
-    hub = Hub()
-    a, b = Recorder(), Recorder()
-    assert hub.add(a, "orderbook@BTCUSDT")  # nothing in memory: read the cache
-    assert hub.wanted("orderbook@BTCUSDT")
-    assert hub.publish("orderbook@BTCUSDT", book(5)) == 1
-    assert not hub.add(b, "orderbook@BTCUSDT")
-    assert b.frames == a.frames  # the newest value at once, the very same bytes
-    assert not hub.remove(a, "orderbook@BTCUSDT")
-    assert hub.remove(b, "orderbook@BTCUSDT")
-    assert not hub.wanted("orderbook@BTCUSDT")
-    assert hub.publish("orderbook@BTCUSDT", book(6)) == 0
-
-
-def test_hub_never_sends_an_older_book_even_from_the_cache() -> None:
-    hub = Hub()
-    client = Recorder()
-    hub.add(client, "orderbook@BTCUSDT")
-    hub.publish("orderbook@BTCUSDT", book(7))  # live arrives while Redis is read
-    hub.publish("orderbook@BTCUSDT", book(6), from_cache=True)  # the cached value is older
-    hub.publish("orderbook@BTCUSDT", book(9), from_cache=True)  # or newer
-    hub.publish("orderbook@BTCUSDT", book(8))  # a live message still in flight
-    hub.publish("orderbook@BTCUSDT", book(9))  # the same state again
-    hub.publish("orderbook@BTCUSDT", book(10))
-    ids = [orjson.loads(f)["data"]["lastUpdateId"] for _, f in client.frames]
-    assert ids == [7, 9, 10]
-
-
-def test_unversioned_cache_value_loses_to_a_live_one() -> None:
-    hub = Hub()
-    client = Recorder()
-    hub.add(client, "markets@SNAPSHOT")
-    hub.publish("markets@SNAPSHOT", b'{"live":1}')
-    hub.publish("markets@SNAPSHOT", b'{"cached":1}', from_cache=True)
-    assert [orjson.loads(f)["data"] for _, f in client.frames] == [{"live": 1}]
-
-
-@given(st.lists(st.tuples(st.integers(0, 50), st.integers(1, 3), st.integers(0, 50)), max_size=80))
-def test_guard_output_only_rises_until_a_long_stale_run_resets_it(
-    versions: list[tuple[int, int, int]],
-) -> None:
-    guard = OrderGuard()
-    accepted: list[tuple[int, ...]] = []
-    stale_run = 0
-    for u, epoch, seq in versions:
-        version = book_version(book(u, epoch, seq))
-        if guard.accept(version):
-            assert version is not None
-            if accepted and version <= accepted[-1]:
-                assert stale_run == RESET_AFTER_STALE - 1
-            accepted.append(version)
-            stale_run = 0
-        else:
-            stale_run += 1
