@@ -108,6 +108,14 @@ class Settings(BaseModel):
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
+    @field_validator("gateway_auth_tokens", mode="after")
+    @classmethod
+    def _no_empty_token(cls, value: list[str]) -> list[str]:
+        # an empty token would admit a request that presents none
+        if any(not token.strip() for token in value):
+            raise ValueError("a token may not be empty")
+        return value
+
     @field_validator("priority_symbols", mode="after")
     @classmethod
     def _normalise_symbols(cls, value: list[str]) -> list[str]:

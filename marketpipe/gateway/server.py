@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from marketpipe.config import Settings
+from marketpipe.gateway.admission import SUBPROTOCOL, Admission, Refusal
 from marketpipe.gateway.hub import Hub
 from marketpipe.gateway.protocol import (
     MARKETS_SNAPSHOT,
@@ -72,6 +72,12 @@ DIRECT_WRITE_LIMIT = 64 * 1024
 
 _DROPPED_CONFLATED = GATEWAY_DROPPED.labels("conflated")
 _DROPPED_SLOW = GATEWAY_DROPPED.labels("slow_client")
+_REFUSALS_COUNTED = {
+    Refusal.FULL: GATEWAY_DISCONNECTS.labels("connection_limit"),
+    Refusal.BAD_TOKEN: BAD_INPUT.labels("gateway", "bad_token"),
+    Refusal.BAD_ORIGIN: BAD_INPUT.labels("gateway", "bad_origin"),
+    Refusal.NO_ORIGIN: BAD_INPUT.labels("gateway", "no_origin"),
+}
 
 
 _TEXT_FIN = 0x81
@@ -204,7 +210,12 @@ class Gateway:
         self._syncing: asyncio.Task[None] | None = None  # the task following the hub's interest
         self._closers: set[asyncio.Task[None]] = set()
         self._unflushed: list[ClientConnection] = []  # clients with frames gathered this turn
-        self._accepting = False  # until start(): NATS must be connected first
+        # refuses everyone until start(): NATS must be connected first
+        self.admission = Admission(
+            settings.gateway_max_connections,
+            settings.gateway_auth_tokens,
+            settings.gateway_allowed_origins,
+        )
 
     # --- routes ---
 
@@ -218,46 +229,32 @@ class Gateway:
             return await self.handle_websocket(request)
         return web.FileResponse(STATIC_DIR / "index.html")
 
-    def _refusal(self, request: web.Request) -> web.Response | None:
-        settings = self.settings
-        if not self._accepting:
-            return web.Response(status=503, text="gateway is not serving yet or any more\n")
-        if len(self.clients) >= settings.gateway_max_connections:
-            GATEWAY_DISCONNECTS.labels("connection_limit").inc()
-            return web.Response(status=503, text="too many connections\n")
-        if settings.gateway_auth_tokens and not self._authorised(request):
-            BAD_INPUT.labels("gateway", "bad_token").inc()
-            return web.Response(
-                status=401,
-                text="a valid bearer token is required\n",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        origin = request.headers.get("Origin")
-        allowed = settings.gateway_allowed_origins
-        if allowed and origin is not None and origin not in allowed:
-            BAD_INPUT.labels("gateway", "bad_origin").inc()
-            return web.Response(status=403, text=f"origin {origin!r} is not allowed\n")
-        return None
-
-    def _authorised(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        scheme, _, credential = header.partition(" ")
-        token = credential.strip() if scheme.lower() == "bearer" else request.query.get("token", "")
-        return any(
-            hmac.compare_digest(token.encode(), good.encode())
-            for good in self.settings.gateway_auth_tokens
-        )
-
     async def handle_websocket(self, request: web.Request) -> web.StreamResponse:
-        refusal = self._refusal(request)
+        headers = request.headers
+        refusal = self.admission.admit(
+            headers.get("Authorization"),
+            headers.get("Sec-WebSocket-Protocol"),
+            headers.get("Origin"),
+        )
         if refusal is not None:
-            return refusal
+            counter = _REFUSALS_COUNTED.get(refusal)
+            if counter is not None:
+                counter.inc()
+            challenge = {"WWW-Authenticate": "Bearer"} if refusal is Refusal.BAD_TOKEN else None
+            return web.Response(status=refusal.status, text=refusal.text + "\n", headers=challenge)
+        try:  # the place taken by admit() is given back however this ends
+            return await self._serve_client(request)
+        finally:
+            self.admission.places.give_back()
+
+    async def _serve_client(self, request: web.Request) -> web.WebSocketResponse:
         settings = self.settings
         ws = web.WebSocketResponse(
             heartbeat=settings.gateway_ping_seconds,
             compress=settings.gateway_compression,
             max_msg_size=max(HARD_MESSAGE_CAP, 2 * settings.gateway_max_message_bytes),
             decode_text=False,
+            protocols=(SUBPROTOCOL,),
         )
         await ws.prepare(request)
         loop = asyncio.get_running_loop()
@@ -423,14 +420,14 @@ class Gateway:
     # --- lifecycle ---
 
     def start(self) -> None:
-        self._accepting = True
+        self.admission.serving = True
 
     def ready(self) -> bool:
-        return self._accepting
+        return self.admission.serving
 
     async def stop(self) -> None:
         """Refuse new clients, tell the connected ones we are going (1001), drop NATS interest."""
-        self._accepting = False
+        self.admission.serving = False
         clients = list(self.clients)
         await asyncio.gather(
             *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in clients),

@@ -204,34 +204,6 @@ async def test_a_flooding_client_is_closed_with_1008(
         assert msg.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
 
 
-async def test_tokens_and_origins(
-    start_gateway: GatewayFactory, http: aiohttp.ClientSession
-) -> None:
-    secured = start_gateway(
-        gateway_auth_tokens="s3cret,other", gateway_allowed_origins="https://good.example"
-    )
-    for headers, url in [
-        ({}, secured.ws_url),
-        ({"Authorization": "Bearer wrong"}, secured.ws_url),
-        ({}, secured.ws_url + "?token=wrong"),
-    ]:
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await http.ws_connect(url, headers=headers)
-        assert refused.value.status == 401
-    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await http.ws_connect(
-            secured.ws_url,
-            headers={"Authorization": "Bearer s3cret", "Origin": "https://evil.example"},
-        )
-    assert refused.value.status == 403
-    for headers, url in [
-        ({"Authorization": "Bearer s3cret", "Origin": "https://good.example"}, secured.ws_url),
-        ({}, secured.ws_url + "?token=other"),
-    ]:
-        async with http.ws_connect(url, headers=headers) as ws:
-            assert (await request(ws, "subscribe", "trades@BTCUSDT"))["result"] == "subscribed"
-
-
 async def test_metrics_count_clients_and_bad_input(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
