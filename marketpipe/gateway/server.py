@@ -1,24 +1,28 @@
 """The gateway's I/O shell: aiohttp WebSocket endpoint, NATS subscriptions, Redis reads.
 
-Everything that decides lives in the pure modules (``session``, ``hub``, ``send_queue``); this
-module moves bytes between them and the sockets:
+Everything that decides lives in the pure modules (``admission``, ``session``, ``hub``,
+``send_queue``, ``ordering``); this module moves bytes between them and the sockets:
 
 - ``/ws`` and ``/`` (with an Upgrade header) speak DESIGN §4; a plain GET ``/`` serves the page.
-- One NATS subscription per wanted topic, opened on the first client's interest and closed
-  after the last one leaves.
+- One NATS subscription per wanted topic: one task opens and closes them as the hub's interest
+  changes, and a client is told "subscribed" once its topics' subscriptions are in place.
 - A frame for a client that keeps up is written at once: frames delivered during one turn of
   the event loop are gathered per client and written with one ``writelines`` (one system call)
-  when the turn's fan-out is done, with no task switch per client.
+  when the turn's fan-out is done, with no task switch per client. The fan-out hands every
+  client the same frame object; nothing is copied or merged per client on its way.
 - A client whose socket does not keep up (its transport holds more than ``DIRECT_WRITE_LIMIT``
-  unsent bytes) gets its frames through its bounded, conflating send queue and its own writer
-  task, so a slow socket stalls only that writer; a client whose backlog passes the bound is
-  closed with 1013.
+  unsent bytes) is behind: its frames wait in its send queue (bounded in bytes, conflating)
+  and its own writer task writes them one at a time as the socket takes them, so a slow socket
+  stalls only that writer. Like the NATS server with its own slow consumers, the gateway cuts
+  (1013) a client that holds more than ``GATEWAY_MAX_PENDING_BYTES`` unsent, or that has been
+  behind for longer than ``GATEWAY_WRITE_DEADLINE_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -96,67 +100,135 @@ def text_frame_header(length: int) -> bytes:
 
 
 class ClientConnection:
-    """One WebSocket client: its session, its send queue and the task that writes it out."""
+    """One WebSocket client: its session, its send queue, the task that writes it out, and
+    since when it has been behind."""
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
         request: web.Request,
         session: ClientSession,
-        backlog: int,
-        on_slow: Callable[[ClientConnection], None],
+        *,
+        max_pending_bytes: int,
+        write_deadline: float,
+        on_slow: Callable[[ClientConnection, str], None],
         on_pending: Callable[[ClientConnection], None],
     ) -> None:
         self.ws = ws
         self.request = request
         self.session = session
-        self.queue = SendQueue(backlog)
+        self.queue = SendQueue(max_pending_bytes)
+        self.cut = False  # judged slow: nothing more is written
+        self.writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._on_slow = on_slow
         self._on_pending = on_pending
-        self.writer: asyncio.Task[None] | None = None
-        # frames to write when this turn of the loop is done (the direct path)
+        self._write_deadline = write_deadline
+        # frames to write when this turn of the loop is done (the direct path), their bytes,
+        # and how many bytes they may take before the client holds more than its bound
         self._pending: list[bytes] = []
-        # the writer holds frames it took from the queue and has not written yet
+        self._pending_bytes = 0
+        self._room = 0
+        # the writer holds a frame it took from the queue and has not written yet
         self._writing = False
+        # set while the client is behind; runs out at the write deadline
+        self._behind: asyncio.TimerHandle | None = None
         # compressed frames need aiohttp's compressor: always through the writer
         self._direct = not ws.compress
         self._transport = request.transport  # the same for the connection's life
+        if self._transport is not None:
+            # aiohttp's writer waits (send_frame) exactly while the socket holds more than the
+            # direct path allows
+            self._transport.set_write_buffer_limits(high=DIRECT_WRITE_LIMIT)
 
     def deliver(self, topic: str | None, frame: bytes, how: Conflation = Conflation.NONE) -> None:
-        if self._pending or (not self.queue and not self._writing and self._keeping_up()):
-            if not self._pending:
-                self._on_pending(self)
-            self._pending.append(frame)
+        if self.cut:
             return
-        pushed = self.queue.push(frame, topic, how)
+        if self._pending:
+            if self._pending_bytes > self._room:
+                self._on_slow(self, "pending_bytes")
+                return
+            self._pending.append(frame)
+            self._pending_bytes += len(frame)
+            return
+        if not self.queue and not self._writing and self._direct and self._socket_keeps_up():
+            self._caught_up()
+            transport = self._transport
+            assert transport is not None  # checked by _socket_keeps_up
+            self._room = self.queue.max_bytes - transport.get_write_buffer_size()
+            self._on_pending(self)
+            self._pending.append(frame)
+            self._pending_bytes = len(frame)
+            return
+        socket_held = self._socket_held()
+        if socket_held > DIRECT_WRITE_LIMIT:
+            self._fall_behind()
+        pushed = self.queue.push(frame, topic, how, socket_held)
         if pushed is Pushed.QUEUED:
             self._wake.set()
         elif pushed is Pushed.CONFLATED:
             _DROPPED_CONFLATED.inc()
         elif pushed is Pushed.OVERFLOW:
-            self._on_slow(self)
+            self._on_slow(self, "pending_bytes")
 
-    def _keeping_up(self) -> bool:
+    @property
+    def held_bytes(self) -> int:
+        """What the gateway holds for this client and has not handed to the kernel yet."""
+        return self.queue.bytes + self._pending_bytes + self._socket_held()
+
+    def _socket_held(self) -> int:
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def _socket_keeps_up(self) -> bool:
         transport = self._transport
         return (
-            self._direct
-            and transport is not None
+            transport is not None
             and not transport.is_closing()
             and transport.get_write_buffer_size() <= DIRECT_WRITE_LIMIT
         )
 
+    def _fall_behind(self) -> None:
+        if self._behind is None:
+            self._behind = asyncio.get_running_loop().call_later(
+                self._write_deadline, self._deadline_passed
+            )
+
+    def _caught_up(self) -> None:
+        if self._behind is not None:
+            self._behind.cancel()
+            self._behind = None
+
+    def _deadline_passed(self) -> None:
+        self._behind = None
+        if self.queue or self._writing or not self._socket_keeps_up():
+            self._on_slow(self, "write_deadline")
+
+    def stop_writing(self) -> int:
+        """Cut: drop what waits (nothing of it will be sent), stop the clock; returns how many
+        frames were dropped."""
+        self.cut = True
+        dropped = len(self.queue) + len(self._pending)
+        self.queue.clear()  # the writer finds nothing more: it goes back to sleep
+        self._pending = []
+        self._pending_bytes = 0
+        self._caught_up()
+        return dropped
+
     def flush(self) -> None:
         """Write the frames gathered this turn, in one system call."""
         frames, self._pending = self._pending, []
+        self._pending_bytes = 0
         transport = self._transport
-        if self.ws.closed or transport is None or transport.is_closing():
+        if self.cut or self.ws.closed or transport is None or transport.is_closing():
             return  # closing: nothing may follow the close frame; the reader cleans up
         parts: list[bytes] = []
         for frame in frames:
             parts.append(text_frame_header(len(frame)))
             parts.append(frame)
         transport.writelines(parts)
+        if transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT:
+            self._fall_behind()
 
     async def write_forever(self) -> None:
         ws = self.ws
@@ -166,19 +238,27 @@ class ClientConnection:
                 await self._wake.wait()
                 self._wake.clear()
                 self._writing = True
-                for frame in self.queue.take_all():
-                    await ws.send_frame(frame, text)
+                # one frame at a time: what waits meanwhile keeps conflating in the queue
+                while (frame := self.queue.pop()) is not None:
+                    await ws.send_frame(frame, text)  # waits while the socket is full
                 self._writing = False
+                if self._socket_keeps_up():
+                    self._caught_up()
         except (ConnectionError, RuntimeError) as exc:
             # the peer went away mid-write; the reader side notices and cleans up
             log.debug("client write failed", error=repr(exc))
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close with ``code``; a client that does not take the close frame in time is cut."""
-        if self.writer is not None:
-            self.writer.cancel()
+    async def close(self, code: int, reason: str, patience: float = CLOSE_TIMEOUT) -> None:
+        """Close with ``code``; a client that does not take the close frame within ``patience``
+        seconds is cut off.
+
+        The writer is not cancelled here: it may be waiting for the socket to drain, and
+        cancelling it would cancel the one drain future aiohttp shares with the close frame.
+        Once the close frame is queued its next write fails and it ends; the connection's
+        handler cancels it when everything is over."""
+        self._caught_up()
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
+            async with asyncio.timeout(patience):
                 await self.ws.close(code=code, message=reason.encode())
         except (TimeoutError, ConnectionError):
             if self.request.transport is not None:
@@ -255,12 +335,25 @@ class Gateway:
             max_msg_size=max(HARD_MESSAGE_CAP, 2 * settings.gateway_max_message_bytes),
             decode_text=False,
             protocols=(SUBPROTOCOL,),
+            # every frame from the writer waits while the socket is full (see ClientConnection)
+            writer_limit=0,
         )
+        send_buffer = settings.gateway_socket_send_buffer_bytes
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if send_buffer and sock is not None:
+            # what a stalled client costs the kernel, and what the fan-out copies into it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         await ws.prepare(request)
         loop = asyncio.get_running_loop()
         session = ClientSession(self.limits, self.known_symbol, loop.time())
         client = ClientConnection(
-            ws, request, session, settings.gateway_max_backlog, self._cut_slow, self._gathering
+            ws,
+            request,
+            session,
+            max_pending_bytes=settings.gateway_max_pending_bytes,
+            write_deadline=settings.gateway_write_deadline_seconds,
+            on_slow=self._cut_slow,
+            on_pending=self._gathering,
         )
         client.writer = asyncio.create_task(client.write_forever(), name="gateway-client-writer")
         self.clients.add(client)
@@ -296,6 +389,8 @@ class Gateway:
                 return
 
     async def _carry_out(self, client: ClientConnection, outcome: Outcome) -> None:
+        if client.cut:
+            return  # judged slow: its topics are gone and it is being closed
         if outcome.bad_input is not None:
             BAD_INPUT.labels("gateway", outcome.bad_input).inc()
         if outcome.close_code is not None:
@@ -339,18 +434,28 @@ class Gateway:
         for client in clients:
             client.flush()
 
-    def _cut_slow(self, client: ClientConnection) -> None:
-        """Called from inside a fan-out: stop feeding the client now, close it soon after."""
+    def _cut_slow(self, client: ClientConnection, limit: str) -> None:
+        """The client holds more than its bound, or has been behind past the write deadline.
+        Possibly called from inside a fan-out: stop feeding it now, close it soon after."""
+        if client.cut:
+            return
         GATEWAY_DISCONNECTS.labels("slow").inc()
-        _DROPPED_SLOW.inc(len(client.queue))
+        held = client.held_bytes
+        dropped = client.stop_writing() + (limit == "pending_bytes")  # and the refused frame
+        _DROPPED_SLOW.inc(dropped)
         for topic in client.session.topics:
             self.hub.remove(client, topic)  # upstream interest is closed by _leave_all
+        # the close frame waits behind what the socket holds: as long as any write may wait
         task = asyncio.get_running_loop().create_task(
-            client.close(CLOSE_TRY_AGAIN_LATER, "backlog too large")
+            client.close(
+                CLOSE_TRY_AGAIN_LATER,
+                "too slow: " + limit.replace("_", " "),
+                patience=self.settings.gateway_write_deadline_seconds,
+            )
         )
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
-        log.info("closing slow client", backlog=len(client.queue))
+        log.info("closing slow client", limit=limit, held_bytes=held, dropped_frames=dropped)
 
     # --- upstream ---
 

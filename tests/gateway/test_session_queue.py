@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from marketpipe.gateway.protocol import Conflation, symbols_in
-from marketpipe.gateway.send_queue import Pushed, SendQueue
+from marketpipe.gateway.send_queue import ENTRY_COST, Pushed, SendQueue
 from marketpipe.gateway.session import CLOSE_POLICY, ClientSession, Limits
 
 LIMITS = Limits(max_topics=5, max_message_bytes=512, messages_per_second=5)
@@ -63,50 +63,93 @@ def test_rate_limit_never_allows_more_than_burst_plus_rate_times_time(gaps: list
     assert allowed <= LIMITS.burst + LIMITS.messages_per_second * now + 1e-9
 
 
+KINDS = {
+    "orderbook@X": Conflation.REPLACE,
+    "tickers@X": Conflation.REPLACE,
+    "trades@X": Conflation.NONE,
+    "markets@DATA": Conflation.MERGE,
+}
+
+
+def frame_of(topic: str, value: int, padding: int) -> bytes:
+    return orjson.dumps({"topic": topic, "data": {str(value): value}, "pad": "x" * padding})
+
+
 @given(
     st.lists(
-        st.tuples(
-            st.sampled_from(["orderbook@X", "tickers@X", "trades@X", "markets@DATA"]),
-            st.integers(0, 99),
+        st.one_of(
+            st.tuples(
+                st.sampled_from(sorted(KINDS)),
+                st.integers(0, 99),
+                st.integers(0, 300),  # padding: frames of different sizes
+                st.integers(0, 1500),  # what the socket still holds
+            ),
+            st.just(("pop", 0, 0, 0)),
         ),
-        max_size=60,
+        max_size=80,
     ),
-    st.integers(1, 20),
+    st.integers(200, 3000),
 )
-def test_queue_conflates_latest_values_and_bounds_the_backlog(
-    pushes: list[tuple[str, int]], bound: int
+def test_queue_conflates_latest_values_and_bounds_the_bytes(
+    steps: list[tuple[str, int, int, int]], max_bytes: int
 ) -> None:
-    queue = SendQueue(bound)
-    kinds = {
-        "orderbook@X": Conflation.REPLACE,
-        "tickers@X": Conflation.REPLACE,
-        "trades@X": Conflation.NONE,
-        "markets@DATA": Conflation.MERGE,
-    }
-    sent: list[tuple[str, int]] = []
-    for topic, value in pushes:
-        frame = orjson.dumps({"topic": topic, "data": {str(value): value}})
-        result = queue.push(frame, topic, kinds[topic])
+    queue = SendQueue(max_bytes)
+    pushed: list[tuple[str, int]] = []
+    popped: list[dict[str, object]] = []
+    for topic, value, padding, unsent in steps:
+        if topic == "pop":
+            frame = queue.pop()
+            if frame is not None:
+                popped.append(orjson.loads(frame))
+            continue
+        frame = frame_of(topic, value, padding)
+        before = queue.bytes
+        result = queue.push(frame, topic, KINDS[topic], unsent)
         if result is Pushed.REFUSED:
             assert queue.overflowed
+            continue
         if result is Pushed.OVERFLOW:
-            assert len(queue) == bound + 1
-        if result is not Pushed.REFUSED:
-            sent.append((topic, value))
-        assert len(queue) <= bound + 1
-    frames = [orjson.loads(f) for f in queue.take_all()]
+            # judged on what it already held, never on the frame that arrives
+            assert before + unsent > max_bytes and queue.overflowed
+            continue
+        assert before + unsent <= max_bytes
+        # the bound plus one frame (and its bookkeeping), at most
+        assert queue.bytes <= max_bytes + len(frame) + ENTRY_COST
+        pushed.append((topic, value))
+    while (frame := queue.pop()) is not None:
+        popped.append(orjson.loads(frame))
+    assert len(queue) == 0 and queue.bytes == 0
     by_topic: dict[str, list[dict[str, int]]] = {}
-    for frame in frames:
-        by_topic.setdefault(frame["topic"], []).append(frame["data"])
-    for topic in ("orderbook@X", "tickers@X", "markets@DATA"):
-        assert len(by_topic.get(topic, [])) <= 1
+    for message in popped:
+        by_topic.setdefault(str(message["topic"]), []).append(message["data"])  # type: ignore[arg-type]
+    # trades: every one, in order
+    assert by_topic.get("trades@X", []) == [{str(v): v} for t, v in pushed if t == "trades@X"]
+    # latest values: a subsequence of what was pushed, ending with the newest
     for topic in ("orderbook@X", "tickers@X"):
-        values = [v for t, v in sent if t == topic]
-        if values:
-            assert by_topic[topic] == [{str(values[-1]): values[-1]}]
-    data = [v for t, v in sent if t == "markets@DATA"]
-    if data:
-        assert by_topic["markets@DATA"] == [{str(v): v for v in data}]
-    assert [d for d in by_topic.get("trades@X", [])] == [
-        {str(v): v} for t, v in sent if t == "trades@X"
-    ]
+        values = [v for t, v in pushed if t == topic]
+        got = [next(iter(d.values())) for d in by_topic.get(topic, [])]
+        assert (got[-1:] == values[-1:]) and len(got) <= len(values)
+        remaining = iter(values)
+        assert all(any(g == v for v in remaining) for g in got)
+    # deltas: merged in order, nothing lost, newer winning
+    expected: dict[str, int] = {}
+    for t, v in pushed:
+        if t == "markets@DATA":
+            expected[str(v)] = v
+    merged: dict[str, int] = {}
+    for data in by_topic.get("markets@DATA", []):
+        merged |= data
+    assert merged == expected
+
+
+def test_discard_and_clear_let_go_of_the_bytes() -> None:
+    queue = SendQueue(10_000)
+    queue.push(frame_of("orderbook@X", 1, 100), "orderbook@X", Conflation.REPLACE)
+    queue.push(frame_of("trades@X", 2, 100), "trades@X", Conflation.NONE)
+    queue.push(frame_of("markets@DATA", 3, 100), "markets@DATA", Conflation.MERGE)
+    assert queue.discard("orderbook@X") and not queue.discard("orderbook@X")
+    assert len(queue) == 2
+    first = queue.pop()
+    assert first is not None and orjson.loads(first)["topic"] == "trades@X"
+    queue.clear()
+    assert len(queue) == 0 and queue.bytes == 0 and queue.pop() is None

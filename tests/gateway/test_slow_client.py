@@ -7,12 +7,14 @@ import os
 import socket
 import struct
 import time
+from pathlib import Path
 
 import aiohttp
 import nats
 import orjson
 import pytest
 
+from tests.gateway.client import metric_value, metrics, request, trade
 from tests.gateway.conftest import GatewayFactory
 
 pytestmark = pytest.mark.timeout(120)
@@ -20,6 +22,9 @@ pytestmark = pytest.mark.timeout(120)
 READERS = 50
 MESSAGES = 1500
 PADDING = "x" * 500  # a contract extension field
+SUBSCRIPTIONS = "marketpipe_gateway_subscriptions"
+SLOW_DISCONNECTS = 'marketpipe_gateway_disconnects_total{reason="slow"}'
+DROPPED_SLOW = 'marketpipe_gateway_dropped_messages_total{reason="slow_client"}'
 # only the stuck client wants these: enough to fill any socket buffer (kernel max 4 MB)
 BULK_MESSAGES, BULK_PADDING = 200, "y" * 60_000
 
@@ -47,7 +52,7 @@ def stuck_client(port: int, subscribe: bytes) -> socket.socket:
 async def test_a_client_that_reads_nothing_does_not_delay_fifty_others(
     start_gateway: GatewayFactory,
 ) -> None:
-    gateway = start_gateway(gateway_max_backlog="400")
+    gateway = start_gateway(gateway_max_pending_bytes=str(1024 * 1024))
     subscribe = orjson.dumps({"action": "subscribe", "topics": "trades@BTCUSDT"})
     stuck = await asyncio.to_thread(
         stuck_client,
@@ -103,3 +108,186 @@ async def test_a_client_that_reads_nothing_does_not_delay_fifty_others(
         if line.startswith('marketpipe_gateway_dropped_messages_total{reason="slow_client"}')
     ]
     assert dropped and float(dropped[0].split()[-1]) > 0
+
+
+def read_until_close(sock: socket.socket, within: float) -> int | None:
+    """Read what the gateway sent until its close frame; its status code (None: no close
+    frame came, the connection ended or ``within`` passed first)."""
+    sock.settimeout(within)
+    buffer = bytearray()
+    try:
+        while chunk := sock.recv(1 << 20):
+            buffer += chunk
+            at = 0
+            while len(buffer) - at >= 2:
+                opcode, length, start = buffer[at] & 0x0F, buffer[at + 1] & 0x7F, at + 2
+                if length == 126:
+                    length, start = int.from_bytes(buffer[start : start + 2]), start + 2
+                elif length == 127:
+                    length, start = int.from_bytes(buffer[start : start + 8]), start + 8
+                if len(buffer) < start + length:
+                    break
+                if opcode == 0x8:
+                    return int.from_bytes(buffer[start : start + 2])
+                at = start + length
+            del buffer[:at]
+    except (TimeoutError, ConnectionError):
+        pass
+    return None
+
+
+async def test_a_burst_reaches_a_reading_client_whole_and_a_stalled_one_is_cut_1013(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Issue 12: 20 000 trades on one topic, published as fast as NATS takes them, with the
+    default limits. The reader gets every one in order; the client beside it that never reads
+    is cut (1013) once it has been behind past the write deadline."""
+    burst = 20_000
+    gateway = start_gateway()
+    stalled = await asyncio.to_thread(
+        stuck_client,
+        gateway.port,
+        orjson.dumps({"action": "subscribe", "topics": "trades@BNBUSDT,trades@XRPUSDT"}),
+    )
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):  # the stalled client's two topics are subscribed upstream
+            if metric_value(await metrics(http, gateway.http_url), SUBSCRIPTIONS) == 2:
+                break
+            await asyncio.sleep(0.05)
+        reader = await http.ws_connect(gateway.ws_url)
+        assert (await request(reader, "subscribe", "trades@BNBUSDT"))["result"] == "subscribed"
+        received: list[int] = []
+
+        async def read_all() -> None:
+            while len(received) < burst:
+                msg = await reader.receive(timeout=30)
+                assert msg.type is aiohttp.WSMsgType.TEXT, (msg, reader.close_code)
+                received.append(orjson.loads(msg.data)["data"]["t"])
+
+        reading = asyncio.create_task(read_all())
+        nc = await nats.connect(gateway.nats_url)
+        started = time.monotonic()
+        for t in range(burst):
+            await nc.publish("trades.BNBUSDT", orjson.dumps(trade(t, "BNBUSDT")))
+        await nc.flush()
+        published = time.monotonic() - started
+        await asyncio.wait_for(reading, 60)
+        delivered = time.monotonic() - started
+        await nc.close()
+        assert received == list(range(burst))  # all of them, in order, none twice
+        assert not reader.closed
+        for _ in range(300):  # the write deadline (10 s) runs from when it fell behind
+            text = await metrics(http, gateway.http_url)
+            if metric_value(text, SLOW_DISCONNECTS) == 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the stalled client was not cut")
+        # it reads at last: what the socket held, then the close frame
+        close_code = await asyncio.to_thread(read_until_close, stalled, 10.0)
+        await reader.close()
+    stalled.close()
+    print(f"\n{burst} trades published in {published:.2f} s, all read in {delivered:.2f} s")
+    assert close_code == 1013
+    assert metric_value(text, DROPPED_SLOW) > 0
+
+
+def snapshot(pairs: int, event_time: int) -> bytes:
+    """A markets@SNAPSHOT message (DESIGN §2): ``pairs`` 24 h tickers keyed by symbol."""
+    fields = {
+        "e": "24hrTicker", "p": "-1.23", "P": "-1.2", "w": "100.5", "Q": "0.5", "b": "100.2",
+        "B": "1.5", "a": "100.3", "A": "2.25", "o": "101.5", "h": "102.0", "l": "99.0",
+        "v": "123456.789", "q": "9876543.21", "O": 0, "F": 1, "L": 2, "n": 99,
+    }  # fmt: skip
+    return orjson.dumps(
+        {
+            f"P{i:04d}USDT": fields
+            | {"E": event_time, "C": event_time, "s": f"P{i:04d}USDT", "c": f"{100 + i}.25"}
+            for i in range(pairs)
+        }
+    )
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_two_hundred_stalled_snapshot_clients_cost_bounded_memory_not_the_healthy_one(
+    start_gateway: GatewayFactory,
+) -> None:
+    """The functional version of bench/bench_gateway_slow.py: 200 clients on markets@SNAPSHOT
+    that never read. Every frame a client holds is the fan-out's own, shared, so the gateway's
+    memory grows by a fixed cost per connection plus the frames published within the time a
+    client may hold them (write deadline, then as long for its close frame); the healthy
+    client beside them gets every trade and the snapshots, and is never cut."""
+    deadline, stalled_count, per_second = 2.0, 200, 2
+    gateway = start_gateway(gateway_write_deadline_seconds=str(deadline))
+    assert gateway.process.proc is not None
+    pid = gateway.process.proc.pid
+    size = len(snapshot(2000, 0))
+    nc = await nats.connect(gateway.nats_url)
+    trades: list[int] = []
+    snapshots: list[int] = []
+    async with aiohttp.ClientSession() as http:
+        healthy = await http.ws_connect(gateway.ws_url)
+        topics = "markets@SNAPSHOT,trades@BTCUSDT"
+        assert (await request(healthy, "subscribe", topics))["result"] == "subscribed"
+
+        async def read() -> None:
+            async for msg in healthy:
+                frame = orjson.loads(msg.data)
+                if frame["topic"] == "trades@BTCUSDT":
+                    trades.append(frame["data"]["t"])
+                else:
+                    snapshots.append(frame["data"]["P0000USDT"]["E"])
+
+        async def publish(seconds: float) -> None:
+            for tick in range(int(seconds * 10)):
+                await nc.publish("trades.BTCUSDT", orjson.dumps(trade(len(published_trades))))
+                published_trades.append(tick)
+                if tick % (10 // per_second) == 0:
+                    published_snapshots.append(len(published_snapshots))
+                    await nc.publish("markets.SNAPSHOT", snapshot(2000, published_snapshots[-1]))
+                await nc.flush()
+                await asyncio.sleep(0.1)
+
+        published_trades: list[int] = []
+        published_snapshots: list[int] = []
+        reading = asyncio.create_task(read())
+        await publish(2.0)
+        before = rss_bytes(pid)
+        peak = before
+        subscribe = orjson.dumps({"action": "subscribe", "topics": "markets@SNAPSHOT"})
+        stalled = [
+            await asyncio.to_thread(stuck_client, gateway.port, subscribe)
+            for _ in range(stalled_count)
+        ]
+        publishing = asyncio.create_task(publish(4 * deadline + 4))
+        while not publishing.done():
+            peak = max(peak, rss_bytes(pid))
+            await asyncio.sleep(0.1)
+        for _ in range(100):
+            text = await metrics(http, gateway.http_url)
+            if metric_value(text, "marketpipe_gateway_connections") == 1:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # the last trades reach the healthy client
+        await healthy.close()
+        await reading
+    await nc.close()
+    for sock in stalled:
+        sock.close()
+    volume = per_second * size  # bytes published a second
+    bound = before + stalled_count * 64 * 1024 + volume * (2 * deadline + 4)
+    print(
+        f"\ngateway RSS {before / 2**20:.0f} MB before, peak {peak / 2**20:.0f} MB with "
+        f"{stalled_count} stalled clients (bound {bound / 2**20:.0f} MB)"
+    )
+    assert metric_value(text, SLOW_DISCONNECTS) == stalled_count
+    assert metric_value(text, "marketpipe_gateway_connections") == 1
+    assert peak <= bound
+    assert trades == list(range(len(published_trades)))  # every trade, in order
+    assert snapshots and snapshots[-1] == published_snapshots[-1]
