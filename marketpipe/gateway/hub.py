@@ -74,6 +74,10 @@ class Hub:
         state = self._topics.get(topic)
         return state is not None and state.wanted
 
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._changed)
+
     def take_changed(self) -> str | None:
         """The next topic whose wanted state flipped since it was last taken, or None."""
         if not self._changed:

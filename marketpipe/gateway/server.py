@@ -403,9 +403,8 @@ class Gateway:
             self.hub.remove(client, topic)
         for topic in outcome.joined:
             self.hub.join(client, topic)
-        if outcome.joined or outcome.left:
-            # upstream first: "subscribed" means live messages are already on their way
-            await self._sync_upstream()
+        # upstream first: "subscribed" means live messages are already on their way
+        await self._sync_upstream()
         if outcome.reply is not None:
             client.deliver(None, outcome.reply)
         # every joined topic is served before anything is awaited: nothing published after
@@ -463,6 +462,8 @@ class Gateway:
         """Return once the NATS subscriptions match the hub's wanted topics (and the server
         has confirmed the new ones). One task does the work; callers wait for it."""
         if self._syncing is None or self._syncing.done():
+            if not self.hub.has_changes:
+                return  # every wanted topic is subscribed and confirmed already
             self._syncing = asyncio.get_running_loop().create_task(
                 self._follow_interest(), name="gateway-upstream"
             )
