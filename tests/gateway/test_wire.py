@@ -294,3 +294,31 @@ async def test_negotiated_compression_carries_the_same_messages(
                 assert await receive(ws) == {"topic": "trades@SOLUSDT", "data": message}
     finally:
         await nc.close()
+
+
+async def test_after_a_newer_epoch_an_old_leaders_messages_are_dropped(
+    gateway: RunningGateway, publisher: Nats, http: aiohttp.ClientSession
+) -> None:
+    """DESIGN §8 at the consumer: an old leader healed after a partition still sends what it
+    queued, books with higher update ids than the new leader's and trades."""
+    async with http.ws_connect(gateway.ws_url) as ws:
+        await request(ws, "subscribe", "orderbook@ETHUSDT,trades@ETHUSDT")
+        sent = [
+            ("orderbook.ETHUSDT", book(200, seq=9, epoch=7, symbol="ETHUSDT")),
+            ("orderbook.ETHUSDT", book(201, seq=1, epoch=8, symbol="ETHUSDT")),  # new leader
+            ("orderbook.ETHUSDT", book(260, seq=10, epoch=7, symbol="ETHUSDT")),  # old, queued
+            ("trades.ETHUSDT", trade(50, "ETHUSDT") | {"epoch": 8}),
+            ("trades.ETHUSDT", trade(49, "ETHUSDT") | {"epoch": 7}),
+            ("orderbook.ETHUSDT", book(202, seq=2, epoch=8, symbol="ETHUSDT")),
+        ]
+        for subject, message in sent:
+            await publish(publisher, subject, message)
+        got = [(m["topic"], m["data"].get("lastUpdateId", m["data"].get("t"))) for m in
+               [await receive(ws) for _ in range(4)]]  # fmt: skip
+        assert got == [
+            ("orderbook@ETHUSDT", 200),
+            ("orderbook@ETHUSDT", 201),
+            ("trades@ETHUSDT", 50),
+            ("orderbook@ETHUSDT", 202),
+        ]
+        assert await nothing_arrives(ws)
