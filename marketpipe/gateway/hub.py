@@ -62,14 +62,6 @@ class Hub:
             )
         return state
 
-    @property
-    def active_topics(self) -> int:
-        return sum(1 for state in self._topics.values() if state.wanted)
-
-    def subscriber_count(self, topic: str) -> int:
-        state = self._topics.get(topic)
-        return len(state.subscribers) if state is not None else 0
-
     def wanted(self, topic: str) -> bool:
         state = self._topics.get(topic)
         return state is not None and state.wanted

@@ -80,15 +80,6 @@ class OrderGuard:
         self._last: Version | None = None
         self._stale_run = 0
 
-    @property
-    def last(self) -> Version | None:
-        return self._last
-
-    @property
-    def epoch(self) -> int:
-        """The newest epoch seen (-1: none yet)."""
-        return self._epoch
-
     def accept(self, epoch: int | None, version: Version | None, repeat_ok: bool = False) -> bool:
         """``repeat_ok``: a version equal to the last accepted one passes (nobody holds it)."""
         if epoch is not None:
