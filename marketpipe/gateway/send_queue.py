@@ -46,12 +46,15 @@ class _Entry:
 
 
 class SendQueue:
-    __slots__ = ("_entries", "_keyed", "_live", "bytes", "max_bytes", "overflowed")
+    __slots__ = ("_entries", "_keyed", "_live", "bytes", "conflated", "max_bytes", "overflowed")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0  # charged for every frame queued, merged or not
         self.overflowed = False
+        # frames replaced by newer ones since the owner last looked (it counts them in its
+        # metric when it writes, not on the fan-out path)
+        self.conflated = 0
         self._entries: deque[_Entry] = deque()
         self._keyed: dict[str, _Entry] = {}  # latest-value topic -> its entry in the queue
         self._live = 0  # entries that still hold frames
@@ -85,6 +88,7 @@ class SendQueue:
                     entry.frames[0] = frame
                     self.bytes += size - entry.size
                     entry.size = size
+                self.conflated += 1
                 return Pushed.CONFLATED
             entry = self._keyed[topic] = _Entry(frame, topic, size)
         else:

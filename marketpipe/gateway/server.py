@@ -160,16 +160,21 @@ class ClientConnection:
             self._pending.append(frame)
             self._pending_bytes = len(frame)
             return
+        # behind: O(1), as little as possible (2000 stalled clients take each frame too)
         socket_held = self._socket_held()
-        if socket_held > DIRECT_WRITE_LIMIT:
+        if socket_held > DIRECT_WRITE_LIMIT and self._behind is None:
             self._fall_behind()
         pushed = self.queue.push(frame, topic, how, socket_held)
         if pushed is Pushed.QUEUED:
             self._wake.set()
-        elif pushed is Pushed.CONFLATED:
-            _DROPPED_CONFLATED.inc()
         elif pushed is Pushed.OVERFLOW:
             self._on_slow(self, "pending_bytes")
+
+    def count_conflated(self) -> None:
+        """Add the frames conflated away since last time to the metric."""
+        if self.queue.conflated:
+            _DROPPED_CONFLATED.inc(self.queue.conflated)
+            self.queue.conflated = 0
 
     @property
     def held_bytes(self) -> int:
@@ -209,6 +214,7 @@ class ClientConnection:
         frames were dropped."""
         self.cut = True
         dropped = len(self.queue) + len(self._pending)
+        self.count_conflated()
         self.queue.clear()  # the writer finds nothing more: it goes back to sleep
         self._pending = []
         self._pending_bytes = 0
@@ -242,6 +248,7 @@ class ClientConnection:
                 while (frame := self.queue.pop()) is not None:
                     await ws.send_frame(frame, text)  # waits while the socket is full
                 self._writing = False
+                self.count_conflated()
                 if self._socket_keeps_up():
                     self._caught_up()
         except (ConnectionError, RuntimeError) as exc:
@@ -363,6 +370,7 @@ class Gateway:
         finally:
             self.clients.discard(client)
             GATEWAY_CONNECTIONS.set(len(self.clients))
+            client.count_conflated()
             await self._leave_all(client)
             client.writer.cancel()
         return ws

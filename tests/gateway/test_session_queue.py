@@ -96,6 +96,7 @@ def test_queue_conflates_latest_values_and_bounds_the_bytes(
     queue = SendQueue(max_bytes)
     pushed: list[tuple[str, int]] = []
     popped: list[dict[str, object]] = []
+    conflated = 0
     for topic, value, padding, unsent in steps:
         if topic == "pop":
             frame = queue.pop()
@@ -113,12 +114,15 @@ def test_queue_conflates_latest_values_and_bounds_the_bytes(
             assert before + unsent > max_bytes and queue.overflowed
             continue
         assert before + unsent <= max_bytes
+        conflated += result is Pushed.CONFLATED
         # the bound plus one frame (and its bookkeeping), at most
         assert queue.bytes <= max_bytes + len(frame) + ENTRY_COST
         pushed.append((topic, value))
     while (frame := queue.pop()) is not None:
         popped.append(orjson.loads(frame))
     assert len(queue) == 0 and queue.bytes == 0
+    # counted for the metric: every frame that did not go out as a frame of its own
+    assert queue.conflated == conflated == len(pushed) - len(popped)
     by_topic: dict[str, list[dict[str, int]]] = {}
     for message in popped:
         by_topic.setdefault(str(message["topic"]), []).append(message["data"])  # type: ignore[arg-type]
