@@ -5,6 +5,11 @@ hands it every message (live from NATS, or the cached value from Redis); the hub
 frame once, passes it through the topic's ordering guard and gives the same bytes to every
 subscriber.
 
+A subscriber that is behind may answer a latest-value frame by holding a place for the topic
+instead (``deliver`` returns True): the hub then skips it for that topic, at no cost per
+message, until its writer comes to the place and takes the topic's newest frame (``unpark``).
+A slow client's conflation thus costs the fan-out nothing.
+
 Joining has two steps, because a client may only be told "subscribed" once the topic's NATS
 subscription is in place: ``join`` registers the client's interest at once (the topic is
 wanted from that moment, so another client leaving meanwhile cannot make it unwanted), and
@@ -30,7 +35,10 @@ from marketpipe.gateway.protocol import (
 
 
 class Subscriber(Protocol):
-    def deliver(self, topic: str, frame: bytes, how: Conflation) -> None: ...
+    def deliver(self, topic: str, frame: bytes, how: Conflation) -> bool:
+        """True: instead of the frame, it holds a place for the topic's newest one (only for a
+        latest-value topic) and takes it with ``Hub.unpark``."""
+        ...
 
 
 @dataclass(slots=True)
@@ -43,10 +51,16 @@ class _Topic:
     latest: bytes | None = None
     subscribers: dict[Subscriber, None] = field(default_factory=dict)  # served
     joining: dict[Subscriber, None] = field(default_factory=dict)  # waiting for upstream
+    parked: dict[Subscriber, None] = field(default_factory=dict)  # holding a place for latest
 
     @property
     def wanted(self) -> bool:
-        return bool(self.subscribers or self.joining)
+        return bool(self.subscribers or self.joining or self.parked)
+
+    def deliver(self, subscriber: Subscriber, frame: bytes) -> None:
+        if subscriber.deliver(self.name, frame, self.how) and subscriber in self.subscribers:
+            del self.subscribers[subscriber]
+            self.parked[subscriber] = None
 
 
 class Hub:
@@ -100,18 +114,28 @@ class Hub:
         del state.joining[subscriber]
         state.subscribers[subscriber] = None
         if state.latest is not None:
-            subscriber.deliver(topic, state.latest, state.how)
+            state.deliver(subscriber, state.latest)
         return state.latest is None and sends_latest_on_subscribe(topic)
+
+    def unpark(self, subscriber: Subscriber, topic: str) -> bytes | None:
+        """A subscriber takes the place it held: the topic's newest frame (None if it left the
+        topic meanwhile), and it is delivered to again from now on."""
+        state = self._topics.get(topic)
+        if state is None or subscriber not in state.parked:
+            return None
+        del state.parked[subscriber]
+        state.subscribers[subscriber] = None
+        return state.latest
 
     def remove(self, subscriber: Subscriber, topic: str) -> None:
         """Leave ``topic`` (joined or served); a no-op if not there."""
         state = self._topics.get(topic)
         if state is None:
             return
-        if subscriber in state.subscribers:
-            del state.subscribers[subscriber]
-        elif subscriber in state.joining:
-            del state.joining[subscriber]
+        for group in (state.subscribers, state.joining, state.parked):
+            if subscriber in group:
+                del group[subscriber]
+                break
         else:
             return
         if not state.wanted:
@@ -135,7 +159,8 @@ class Hub:
         frame = data_frame(state.prefix, payload)
         if state.how is Conflation.REPLACE:
             state.latest = frame
-        subscribers = list(state.subscribers)  # a delivery may disconnect a slow client
+        # a copy: a delivery may park its subscriber or disconnect a slow client
+        subscribers = list(state.subscribers)
         for subscriber in subscribers:
-            subscriber.deliver(topic, frame, state.how)
+            state.deliver(subscriber, frame)
         return len(subscribers)

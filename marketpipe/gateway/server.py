@@ -113,6 +113,7 @@ class ClientConnection:
         write_deadline: float,
         on_slow: Callable[[ClientConnection, str], None],
         on_pending: Callable[[ClientConnection], None],
+        take_latest: Callable[[ClientConnection, str], bytes | None],
     ) -> None:
         self.ws = ws
         self.request = request
@@ -123,6 +124,7 @@ class ClientConnection:
         self._wake = asyncio.Event()
         self._on_slow = on_slow
         self._on_pending = on_pending
+        self._take_latest = take_latest
         self._write_deadline = write_deadline
         # frames to write when this turn of the loop is done (the direct path), their bytes,
         # and how many bytes they may take before the client holds more than its bound
@@ -141,16 +143,19 @@ class ClientConnection:
             # direct path allows
             self._transport.set_write_buffer_limits(high=DIRECT_WRITE_LIMIT)
 
-    def deliver(self, topic: str | None, frame: bytes, how: Conflation = Conflation.NONE) -> None:
+    def deliver(self, topic: str | None, frame: bytes, how: Conflation = Conflation.NONE) -> bool:
+        """Write ``frame`` now or queue it. True: the client is behind and, for this latest-value
+        topic, holds a place instead, to take the topic's newest frame when its writer gets
+        there (the hub skips it until then)."""
         if self.cut:
-            return
+            return False
         if self._pending:
             if self._pending_bytes > self._room:
                 self._on_slow(self, "pending_bytes")
-                return
+                return False
             self._pending.append(frame)
             self._pending_bytes += len(frame)
-            return
+            return False
         if not self.queue and not self._writing and self._direct and self._socket_keeps_up():
             self._caught_up()
             transport = self._transport
@@ -159,16 +164,22 @@ class ClientConnection:
             self._on_pending(self)
             self._pending.append(frame)
             self._pending_bytes = len(frame)
-            return
-        # behind: O(1), as little as possible (2000 stalled clients take each frame too)
+            return False
+        # O(1) and as little as possible: 2000 stalled clients may take each frame too
         socket_held = self._socket_held()
-        if socket_held > DIRECT_WRITE_LIMIT and self._behind is None:
+        behind = socket_held > DIRECT_WRITE_LIMIT
+        if behind and self._behind is None:
             self._fall_behind()
-        pushed = self.queue.push(frame, topic, how, socket_held)
+        if behind and how is Conflation.REPLACE and topic is not None:
+            pushed = self.queue.hold(topic, len(frame), socket_held)
+        else:
+            pushed = self.queue.push(frame, topic, how, socket_held)
+        if pushed is Pushed.OVERFLOW:
+            self._on_slow(self, "pending_bytes")
+            return False
         if pushed is Pushed.QUEUED:
             self._wake.set()
-        elif pushed is Pushed.OVERFLOW:
-            self._on_slow(self, "pending_bytes")
+        return behind and how is Conflation.REPLACE and pushed is not Pushed.REFUSED
 
     def count_conflated(self) -> None:
         """Add the frames conflated away since last time to the metric."""
@@ -245,7 +256,13 @@ class ClientConnection:
                 self._wake.clear()
                 self._writing = True
                 # one frame at a time: what waits meanwhile keeps conflating in the queue
-                while (frame := self.queue.pop()) is not None:
+                while (taken := self.queue.pop()) is not None:
+                    topic, frame = taken
+                    if frame is None:  # a held place: the topic's newest frame, now
+                        assert topic is not None  # only latest-value topics hold places
+                        frame = self._take_latest(self, topic)
+                        if frame is None:
+                            continue  # it left the topic meanwhile
                     await ws.send_frame(frame, text)  # waits while the socket is full
                 self._writing = False
                 self.count_conflated()
@@ -361,6 +378,7 @@ class Gateway:
             write_deadline=settings.gateway_write_deadline_seconds,
             on_slow=self._cut_slow,
             on_pending=self._gathering,
+            take_latest=self.hub.unpark,
         )
         client.writer = asyncio.create_task(client.write_forever(), name="gateway-client-writer")
         self.clients.add(client)

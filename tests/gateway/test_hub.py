@@ -31,8 +31,9 @@ class Recorder:
     def __init__(self) -> None:
         self.frames: list[tuple[str, bytes]] = []
 
-    def deliver(self, topic: str, frame: bytes, how: Conflation) -> None:
+    def deliver(self, topic: str, frame: bytes, how: Conflation) -> bool:
         self.frames.append((topic, frame))
+        return False
 
     def update_ids(self) -> list[int]:
         return [orjson.loads(f)["data"]["lastUpdateId"] for _, f in self.frames]
@@ -221,3 +222,79 @@ def test_guard_output_only_rises_until_a_long_stale_run_resets_it_never_back_in_
         elif epoch >= newest_epoch:
             stale_run += 1
         newest_epoch = max(newest_epoch, epoch)
+
+
+class Behind(Recorder):
+    """A subscriber that, while behind, holds a place for a latest-value topic instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.behind = False
+        self.offered = 0  # deliver calls
+
+    def deliver(self, topic: str, frame: bytes, how: Conflation) -> bool:
+        self.offered += 1
+        if self.behind and how is Conflation.REPLACE:
+            return True
+        return super().deliver(topic, frame, how)
+
+
+def test_a_client_holding_a_place_costs_the_fan_out_nothing_and_takes_the_newest() -> None:
+    hub = Hub()
+    slow = Behind()
+    subscribed(hub, slow, BOOK)
+    slow.behind = True
+    for u in range(1, 101):
+        hub.publish(BOOK, book(u))
+    assert slow.offered == 1  # once: it held a place, then it was skipped
+    frame = hub.unpark(slow, BOOK)  # its writer comes to the place
+    assert frame is not None and orjson.loads(frame)["data"]["lastUpdateId"] == 100
+    assert hub.unpark(slow, BOOK) is None  # taken: it is delivered to again
+    slow.behind = False
+    hub.publish(BOOK, book(101))
+    assert slow.update_ids() == [101]
+
+
+def test_a_parked_subscriber_keeps_its_topic_wanted_and_leaves_cleanly() -> None:
+    hub = Hub()
+    slow = Behind()
+    subscribed(hub, slow, BOOK)
+    slow.behind = True
+    hub.publish(BOOK, book(1))
+    while hub.take_changed() is not None:
+        pass
+    assert hub.wanted(BOOK)
+    hub.remove(slow, BOOK)
+    assert not hub.wanted(BOOK) and hub.take_changed() == BOOK
+    assert hub.unpark(slow, BOOK) is None
+
+
+@given(st.lists(st.sampled_from(["publish", "fall behind", "take", "catch up"]), max_size=60))
+def test_whatever_a_slow_subscriber_does_it_never_goes_back_and_ends_with_the_newest(
+    steps: list[str],
+) -> None:
+    hub = Hub()
+    slow = Behind()
+    subscribed(hub, slow, BOOK)
+    newest = 0
+
+    def take() -> None:
+        frame = hub.unpark(slow, BOOK)
+        if frame is not None:
+            slow.frames.append((BOOK, frame))  # what its writer sends, in its turn
+
+    for step in steps:
+        if step == "publish":
+            newest += 1
+            hub.publish(BOOK, book(newest))
+        elif step == "fall behind":
+            slow.behind = True
+        elif step == "take":
+            take()
+        else:
+            slow.behind = False
+    slow.behind = False
+    take()
+    seen = slow.update_ids()
+    assert seen == sorted(set(seen))  # never an older book after a newer one, never twice
+    assert seen[-1:] == ([newest] if newest else [])  # and it ends with the newest

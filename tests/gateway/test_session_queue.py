@@ -83,43 +83,58 @@ def frame_of(topic: str, value: int, padding: int) -> bytes:
                 st.integers(0, 99),
                 st.integers(0, 300),  # padding: frames of different sizes
                 st.integers(0, 1500),  # what the socket still holds
+                st.booleans(),  # a latest value: hold a place rather than queue the frame
             ),
-            st.just(("pop", 0, 0, 0)),
+            st.just(("pop", 0, 0, 0, False)),
         ),
         max_size=80,
     ),
     st.integers(200, 3000),
 )
 def test_queue_conflates_latest_values_and_bounds_the_bytes(
-    steps: list[tuple[str, int, int, int]], max_bytes: int
+    steps: list[tuple[str, int, int, int, bool]], max_bytes: int
 ) -> None:
     queue = SendQueue(max_bytes)
     pushed: list[tuple[str, int]] = []
     popped: list[dict[str, object]] = []
+    newest: dict[str, bytes] = {}  # what the hub holds as each latest-value topic's newest
     conflated = 0
-    for topic, value, padding, unsent in steps:
+
+    def take() -> bool:
+        taken = queue.pop()
+        if taken is None:
+            return False
+        topic, frame = taken
+        if frame is None:  # a held place: the hub's newest frame of the topic
+            assert topic is not None
+            frame = newest[topic]
+        popped.append(orjson.loads(frame))
+        return True
+
+    for topic, value, padding, unsent, hold in steps:
         if topic == "pop":
-            frame = queue.pop()
-            if frame is not None:
-                popped.append(orjson.loads(frame))
+            take()
             continue
         frame = frame_of(topic, value, padding)
         before = queue.bytes
-        result = queue.push(frame, topic, KINDS[topic], unsent)
-        if result is Pushed.REFUSED:
-            assert queue.overflowed
-            continue
+        if hold and KINDS[topic] is Conflation.REPLACE:
+            result = queue.hold(topic, len(frame), unsent)
+        else:
+            result = queue.push(frame, topic, KINDS[topic], unsent)
         if result is Pushed.OVERFLOW:
             # judged on what it already held, never on the frame that arrives
             assert before + unsent > max_bytes and queue.overflowed
-            continue
+            queue.clear()  # the owner cuts the client: nothing more is sent
+            assert len(queue) == 0 and queue.bytes == 0 and queue.pop() is None
+            return
         assert before + unsent <= max_bytes
+        newest[topic] = frame
         conflated += result is Pushed.CONFLATED
         # the bound plus one frame (and its bookkeeping), at most
         assert queue.bytes <= max_bytes + len(frame) + ENTRY_COST
         pushed.append((topic, value))
-    while (frame := queue.pop()) is not None:
-        popped.append(orjson.loads(frame))
+    while take():
+        pass
     assert len(queue) == 0 and queue.bytes == 0
     # counted for the metric: every frame that did not go out as a frame of its own
     assert queue.conflated == conflated == len(pushed) - len(popped)
@@ -154,6 +169,16 @@ def test_discard_and_clear_let_go_of_the_bytes() -> None:
     assert queue.discard("orderbook@X") and not queue.discard("orderbook@X")
     assert len(queue) == 2
     first = queue.pop()
-    assert first is not None and orjson.loads(first)["topic"] == "trades@X"
+    assert first is not None and first[0] is None and first[1] is not None
+    assert orjson.loads(first[1])["topic"] == "trades@X"
     queue.clear()
     assert len(queue) == 0 and queue.bytes == 0 and queue.pop() is None
+
+
+def test_after_overflowing_the_queue_refuses_everything() -> None:
+    queue = SendQueue(1000)
+    frame = frame_of("trades@X", 1, 900)
+    assert queue.push(frame, "trades@X") is Pushed.QUEUED
+    assert queue.push(frame, "trades@X") is Pushed.OVERFLOW  # it held more than the bound
+    assert queue.push(frame, "trades@X") is Pushed.REFUSED
+    assert queue.hold("orderbook@X", 10) is Pushed.REFUSED
