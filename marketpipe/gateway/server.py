@@ -84,6 +84,9 @@ _REFUSALS_COUNTED = {
 }
 
 
+# SO_LINGER on, 0 s: closing the socket resets the connection and drops what it holds
+_LINGER_NONE = struct.pack("ii", 1, 0)
+
 _TEXT_FIN = 0x81
 _HEADER_SHORT = struct.Struct("!BB").pack
 _HEADER_16 = struct.Struct("!BBH").pack
@@ -285,8 +288,34 @@ class ClientConnection:
             async with asyncio.timeout(patience):
                 await self.ws.close(code=code, message=reason.encode())
         except (TimeoutError, ConnectionError):
-            if self.request.transport is not None:
-                self.request.transport.abort()
+            self._abort()
+        except asyncio.CancelledError:
+            # aiohttp cancels a ping that waits for the socket, and with it the drain future
+            # the close frame waits on: the close failed, it was not this task's cancellation
+            self._abort()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+
+    def let_go(self, patience: float) -> None:
+        """The connection is over for the gateway: what its socket still holds may leave within
+        ``patience`` seconds, then the socket goes (a graceful close of a socket its peer never
+        reads would wait forever, holding all of it)."""
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(patience, self._abort)
+
+    def _abort(self) -> None:
+        """Drop the connection and everything it holds, the kernel's part too: a plain close
+        would leave the socket to the kernel, still trying to send to a peer that never reads."""
+        transport = self._transport
+        if transport is None or not transport.get_write_buffer_size():
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
+        transport.abort()  # and, with no linger, a reset for the peer
 
 
 class Gateway:
@@ -389,6 +418,7 @@ class Gateway:
             self.clients.discard(client)
             GATEWAY_CONNECTIONS.set(len(self.clients))
             client.count_conflated()
+            client.let_go(settings.gateway_write_deadline_seconds)
             await self._leave_all(client)
             client.writer.cancel()
         return ws

@@ -15,6 +15,7 @@ import nats
 import orjson
 import pytest
 
+from tests.eventually import eventually
 from tests.gateway.client import metric_value, metrics, request, trade
 from tests.gateway.conftest import GatewayFactory
 
@@ -281,3 +282,41 @@ async def test_two_hundred_stalled_snapshot_clients_cost_bounded_memory_not_the_
     assert peak <= bound
     assert trades == list(range(len(published_trades)))  # every trade, in order
     assert snapshots and snapshots[-1] == published_snapshots[-1]
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of ``sock`` (1: established), read without reading any data."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("ping", "deadline"),
+    [
+        ("0.3", "1"),  # cut by the write deadline while a ping waits for the socket
+        ("0.3", "5"),  # closed by aiohttp for the missing pong first
+    ],
+)
+async def test_a_stalled_client_is_let_go_however_its_connection_ends(
+    start_gateway: GatewayFactory, ping: str, deadline: str
+) -> None:
+    """However a stalled client's connection ends, the gateway lets go of its socket and of
+    what it holds for it (a graceful close would wait forever to send what the client never
+    reads), resetting it: the peer sees the connection end without reading anything."""
+    gateway = start_gateway(gateway_ping_seconds=ping, gateway_write_deadline_seconds=deadline)
+    subscribe = orjson.dumps({"action": "subscribe", "topics": "trades@SOLUSDT"})
+    stalled = await asyncio.to_thread(stuck_client, gateway.port, subscribe)
+    nc = await nats.connect(gateway.nats_url)
+    for t in range(400):  # more than the socket buffers take: pings wait behind the trades
+        await nc.publish(
+            "trades.SOLUSDT", orjson.dumps(trade(t, "SOLUSDT") | {"pad": "x" * 20_000})
+        )
+    await nc.flush()
+    await nc.close()
+    try:
+        await eventually(
+            lambda: tcp_state(stalled) != 1,
+            within=2 * float(deadline) + 10,
+            what="the gateway lets go of the stalled client's connection",
+        )
+    finally:
+        stalled.close()
