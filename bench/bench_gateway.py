@@ -7,8 +7,9 @@
    own process, uvloop), connect ``--clients`` WebSocket clients from ``--loaders``
    load-generator processes, publish ``--rate`` trade messages a second to NATS for
    ``--seconds``, and count what the clients receive. Prints deliveries/s, publish-to-receipt
-   p50/p99 and the gateway/bare ratio (target: at least 0.5). The gateway runs with a large
-   backlog bound so that saturation shows as latency rather than as disconnected clients.
+   p50/p99 and the gateway/bare ratio (target: at least 0.5). The gateway runs with large
+   slow-client limits (1 GiB pending, 600 s write deadline) so that saturation shows as
+   latency rather than as disconnected clients.
 2. End to end (``bench/gateway/e2e.py``): simulator (``--e2e-pairs``) -> orderbook, trades and
    tickers services -> gateway -> ``--e2e-clients`` clients subscribed to ``all@SYMBOL`` for
    every pair, beside a NATS subscriber on the same subjects (the same path without the
@@ -168,7 +169,8 @@ def throughput(args: argparse.Namespace) -> None:
             "MARKETPIPE_NATS_URLS": nats_url,
             "MARKETPIPE_REDIS_URL": redis.url,
             "MARKETPIPE_ETCD_ENDPOINTS": "",
-            "MARKETPIPE_GATEWAY_MAX_BACKLOG": "1000000",
+            "MARKETPIPE_GATEWAY_MAX_PENDING_BYTES": str(2**30),
+            "MARKETPIPE_GATEWAY_WRITE_DEADLINE_SECONDS": "600",
             "MARKETPIPE_LOG_LEVEL": "WARNING",
         }
         gateway = start_server(

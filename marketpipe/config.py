@@ -89,7 +89,11 @@ class Settings(BaseModel):
     gateway_max_topics: int = Field(default=100, ge=1)
     gateway_max_message_bytes: int = Field(default=4096, ge=64)
     gateway_max_messages_per_second: float = Field(default=10.0, gt=0)
-    gateway_max_backlog: int = Field(default=1000, ge=1)
+    # a slow client is cut (1013) when it holds more than this unsent, or stays behind longer
+    gateway_max_pending_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    gateway_write_deadline_seconds: float = Field(default=10.0, gt=0)
+    # the kernel's send buffer per client socket (0: the OS's own, autotuned up to MBs)
+    gateway_socket_send_buffer_bytes: int = Field(default=256 * 1024, ge=0)
     gateway_auth_tokens: list[str] = Field(default_factory=list)
     gateway_allowed_origins: list[str] = Field(default_factory=list)
     gateway_ping_seconds: float = Field(default=20.0, gt=0)
@@ -113,6 +117,14 @@ class Settings(BaseModel):
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("gateway_auth_tokens", mode="after")
+    @classmethod
+    def _no_empty_token(cls, value: list[str]) -> list[str]:
+        # an empty token would admit a request that presents none
+        if any(not token.strip() for token in value):
+            raise ValueError("a token may not be empty")
+        return value
 
     @field_validator("priority_symbols", mode="after")
     @classmethod

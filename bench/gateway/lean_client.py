@@ -15,6 +15,26 @@ HEAD_BYTES = 256  # the topic, E, ids and the bench's "sent" are in the first ~1
 FrameHandler = Callable[[bytes, float], None]
 
 
+def upgrade_request(host: str, path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame: always masked (RFC 6455 5.3)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    else:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    return header + mask + masked
+
+
 class LeanClient(asyncio.Protocol):
     """A minimal WebSocket client: one upgrade, then server frames parsed straight off the socket.
 
@@ -29,11 +49,7 @@ class LeanClient(asyncio.Protocol):
     ) -> None:
         self.on_frame = on_frame
         self.ended = ended
-        self.request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        self.request = upgrade_request(host, path)
         self.first_message = first_message
         self.buffer = bytearray()
         self.upgraded = False
@@ -50,16 +66,8 @@ class LeanClient(asyncio.Protocol):
             self.subscribed.set_exception(ConnectionError("connection lost"))
 
     def send(self, opcode: int, payload: bytes) -> None:
-        """A client frame: always masked (RFC 6455 5.3)."""
         assert self.transport is not None
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        else:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        self.transport.write(header + mask + masked)
+        self.transport.write(client_frame(opcode, payload))
 
     def data_received(self, data: bytes) -> None:
         now = time.time()

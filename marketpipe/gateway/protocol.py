@@ -13,7 +13,7 @@ errors ``{"error": {"code": 400, "message": ...}, "id": ...}``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -178,10 +178,16 @@ def data_frame(prefix: bytes, payload: bytes) -> bytes:
     return prefix + payload + b"}"
 
 
-def merge_data_frames(older: bytes, newer: bytes) -> bytes:
-    """Two unsent markets@DATA frames as one: the union of pairs, the newer ticker winning."""
-    old, new = orjson.loads(older), orjson.loads(newer)
-    return orjson.dumps({"topic": new["topic"], "data": {**old["data"], **new["data"]}})
+def merge_data_frames(frames: Sequence[bytes]) -> bytes:
+    """Unsent markets@DATA frames, oldest first, as one: the union of pairs, newer tickers
+    winning."""
+    merged: dict[str, Any] = {}
+    topic = None
+    for frame in frames:
+        message = orjson.loads(frame)
+        topic = message["topic"]
+        merged.update(message["data"])
+    return orjson.dumps({"topic": topic, "data": merged})
 
 
 def json_object_from_pairs(pairs: dict[str, bytes]) -> bytes:

@@ -125,17 +125,15 @@ def test_frames_splice_the_payload_unchanged(data: dict[str, str]) -> None:
 
 
 @given(
-    st.dictionaries(st.sampled_from(["A", "B", "C"]), st.integers(0, 99)),
-    st.dictionaries(st.sampled_from(["B", "C", "D"]), st.integers(0, 99)),
+    st.lists(st.dictionaries(st.sampled_from(["A", "B", "C", "D"]), st.integers(0, 99)), min_size=1)
 )
-def test_merged_market_deltas_keep_every_pair_newest_winning(
-    old: dict[str, int], new: dict[str, int]
-) -> None:
+def test_merged_market_deltas_keep_every_pair_newest_winning(deltas: list[dict[str, int]]) -> None:
     prefix = frame_prefix("markets@DATA")
-    merged = merge_data_frames(
-        data_frame(prefix, orjson.dumps(old)), data_frame(prefix, orjson.dumps(new))
-    )
-    assert orjson.loads(merged) == {"topic": "markets@DATA", "data": {**old, **new}}
+    merged = merge_data_frames([data_frame(prefix, orjson.dumps(d)) for d in deltas])
+    expected: dict[str, int] = {}
+    for delta in deltas:
+        expected |= delta
+    assert orjson.loads(merged) == {"topic": "markets@DATA", "data": expected}
 
 
 def test_cached_hash_becomes_one_object() -> None:

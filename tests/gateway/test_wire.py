@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import nats
@@ -17,32 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as Nats
 
+from tests.gateway.client import book, nothing_arrives, publish, receive, request, ticker, trade
 from tests.gateway.conftest import GatewayFactory, RunningGateway
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def book(update_id: int, seq: int = 1, epoch: int = 1, symbol: str = "BTCUSDT") -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "lastUpdateId": update_id,
-        "E": 1_700_000_000_000 + update_id,
-        "seq": seq,
-        "epoch": epoch,
-        "bids": [["100.00", "1.5"], ["99.99", "2"]],
-        "asks": [["100.01", "0.5"]],
-    }
-
-
-def trade(trade_id: int, symbol: str = "BTCUSDT") -> dict[str, Any]:
-    return {
-        "e": "trade", "E": 1_700_000_000_000 + trade_id, "s": symbol, "t": trade_id,
-        "p": "100.00", "q": "0.01", "T": 1_700_000_000_000 + trade_id, "m": True, "sd": "SELL",
-    }  # fmt: skip
-
-
-def ticker(event_time: int, symbol: str = "BTCUSDT", last: str = "100.00") -> dict[str, Any]:
-    return {"e": "24hrTicker", "E": event_time, "s": symbol, "c": last, "p": "1.0", "P": "1.0"}
 
 
 @pytest.fixture(scope="module")
@@ -72,32 +49,6 @@ async def cache(gateway: RunningGateway) -> AsyncIterator[aioredis.Redis]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def publish(nc: Nats, subject: str, message: Any) -> None:
-    await nc.publish(subject, orjson.dumps(message))
-    await nc.flush()
-
-
-async def receive(ws: aiohttp.ClientWebSocketResponse) -> Any:
-    msg = await ws.receive(timeout=3.0)
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return orjson.loads(msg.data)
-
-
-async def request(
-    ws: aiohttp.ClientWebSocketResponse, action: str, topics: Any, request_id: Any = 1
-) -> Any:
-    await ws.send_bytes(orjson.dumps({"action": action, "topics": topics, "id": request_id}))
-    return await receive(ws)
-
-
-async def nothing_arrives(ws: aiohttp.ClientWebSocketResponse, within: float = 0.3) -> bool:
-    try:
-        msg = await ws.receive(timeout=within)
-    except TimeoutError:
-        return True
-    raise AssertionError(f"unexpected message {msg}")
 
 
 async def test_subscribe_receive_unsubscribe(
@@ -253,34 +204,6 @@ async def test_a_flooding_client_is_closed_with_1008(
         assert msg.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
 
 
-async def test_tokens_and_origins(
-    start_gateway: GatewayFactory, http: aiohttp.ClientSession
-) -> None:
-    secured = start_gateway(
-        gateway_auth_tokens="s3cret,other", gateway_allowed_origins="https://good.example"
-    )
-    for headers, url in [
-        ({}, secured.ws_url),
-        ({"Authorization": "Bearer wrong"}, secured.ws_url),
-        ({}, secured.ws_url + "?token=wrong"),
-    ]:
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await http.ws_connect(url, headers=headers)
-        assert refused.value.status == 401
-    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await http.ws_connect(
-            secured.ws_url,
-            headers={"Authorization": "Bearer s3cret", "Origin": "https://evil.example"},
-        )
-    assert refused.value.status == 403
-    for headers, url in [
-        ({"Authorization": "Bearer s3cret", "Origin": "https://good.example"}, secured.ws_url),
-        ({}, secured.ws_url + "?token=other"),
-    ]:
-        async with http.ws_connect(url, headers=headers) as ws:
-            assert (await request(ws, "subscribe", "trades@BTCUSDT"))["result"] == "subscribed"
-
-
 async def test_metrics_count_clients_and_bad_input(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
@@ -371,3 +294,31 @@ async def test_negotiated_compression_carries_the_same_messages(
                 assert await receive(ws) == {"topic": "trades@SOLUSDT", "data": message}
     finally:
         await nc.close()
+
+
+async def test_after_a_newer_epoch_an_old_leaders_messages_are_dropped(
+    gateway: RunningGateway, publisher: Nats, http: aiohttp.ClientSession
+) -> None:
+    """DESIGN §8 at the consumer: an old leader healed after a partition still sends what it
+    queued, books with higher update ids than the new leader's and trades."""
+    async with http.ws_connect(gateway.ws_url) as ws:
+        await request(ws, "subscribe", "orderbook@ETHUSDT,trades@ETHUSDT")
+        sent = [
+            ("orderbook.ETHUSDT", book(200, seq=9, epoch=7, symbol="ETHUSDT")),
+            ("orderbook.ETHUSDT", book(201, seq=1, epoch=8, symbol="ETHUSDT")),  # new leader
+            ("orderbook.ETHUSDT", book(260, seq=10, epoch=7, symbol="ETHUSDT")),  # old, queued
+            ("trades.ETHUSDT", trade(50, "ETHUSDT") | {"epoch": 8}),
+            ("trades.ETHUSDT", trade(49, "ETHUSDT") | {"epoch": 7}),
+            ("orderbook.ETHUSDT", book(202, seq=2, epoch=8, symbol="ETHUSDT")),
+        ]
+        for subject, message in sent:
+            await publish(publisher, subject, message)
+        got = [(m["topic"], m["data"].get("lastUpdateId", m["data"].get("t"))) for m in
+               [await receive(ws) for _ in range(4)]]  # fmt: skip
+        assert got == [
+            ("orderbook@ETHUSDT", 200),
+            ("orderbook@ETHUSDT", 201),
+            ("trades@ETHUSDT", 50),
+            ("orderbook@ETHUSDT", 202),
+        ]
+        assert await nothing_arrives(ws)

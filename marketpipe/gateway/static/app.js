@@ -19,8 +19,19 @@ const state = {
 
 function wsUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const token = new URLSearchParams(location.search).get("token");
-  return `${scheme}//${location.host}/ws` + (token ? `?token=${encodeURIComponent(token)}` : "");
+  return `${scheme}//${location.host}/ws`;
+}
+
+// A token comes in the page's fragment (#token=T: never sent to a server, so never in a log)
+// and goes to the gateway as a subprotocol, since a browser cannot set Authorization on a
+// WebSocket; the gateway answers with "marketpipe" alone (docs/gateway.md).
+function wsProtocols() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!token) return ["marketpipe"];
+  const bytes = new TextEncoder().encode(token);
+  const base64url = btoa(String.fromCharCode(...bytes))
+    .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return ["marketpipe", `marketpipe.bearer.${base64url}`];
 }
 
 function setStatus(kind, text) {
@@ -37,7 +48,7 @@ function send(action, topics) {
 
 function connect() {
   setStatus("connecting", "connecting…");
-  const ws = new WebSocket(wsUrl());
+  const ws = new WebSocket(wsUrl(), wsProtocols());
   state.ws = ws;
   ws.onopen = () => {
     state.retryMs = 500;
