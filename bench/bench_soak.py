@@ -132,7 +132,8 @@ class Soak:
             for name, env in (("a", proxied), ("b", direct)):
                 logdir = self.logdir / f"{service}-{name}"
                 logdir.mkdir()
-                self.replicas.append(start_service(service, env, logdir, timeout=120))
+                # alive is enough: the books sync once the market moves (run() steps it)
+                self.replicas.append(start_service(service, env, logdir, 120, probe="livez"))
 
     async def record(self, http: aiohttp.ClientSession, symbols: list[str]) -> None:
         async def one(symbol: str) -> None:

@@ -29,13 +29,15 @@ def service_env(
     return env
 
 
-def start_service(name: str, env: dict[str, str], logdir: Path, timeout: float = 30) -> Process:
-    """``python -m marketpipe <name> --port N``, returned once ``/readyz`` answers 200."""
+def start_service(
+    name: str, env: dict[str, str], logdir: Path, timeout: float = 30, probe: str = "readyz"
+) -> Process:
+    """``python -m marketpipe <name> --port N``, returned once ``/<probe>`` answers 200."""
     port = free_port()
     process = Process(
         name=name,
         argv=[sys.executable, "-m", "marketpipe", name, "--port", str(port)],
-        healthy=functools.partial(_http_ok, f"http://127.0.0.1:{port}/readyz"),
+        healthy=functools.partial(_http_ok, f"http://127.0.0.1:{port}/{probe}"),
         log_path=logdir / f"{name}.log",
         env=env,
     )
