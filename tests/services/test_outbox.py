@@ -4,7 +4,10 @@ takes it again, in order: refused is never recorded as released."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import orjson
+import pytest
 
 from marketpipe.config import Settings
 from marketpipe.infra.local import NatsCluster
@@ -18,9 +21,18 @@ from tests.transport.test_nats_client import Inbox, _connected, _publish_until_s
 MESSAGES = 500
 
 
+@pytest.fixture
+def node_proxy(isolated_cluster: NatsCluster) -> Iterator[FaultProxy]:
+    """The only way to NATS for the publisher: its servers advertise no other address."""
+    proxy = FaultProxy(target_port=isolated_cluster.client_ports[0]).start()
+    yield proxy
+    proxy.stop()
+
+
 async def test_refused_messages_wait_and_all_arrive_in_order(
-    nats_cluster: NatsCluster, node_proxy: FaultProxy
+    isolated_cluster: NatsCluster, node_proxy: FaultProxy
 ) -> None:
+    nats_cluster = isolated_cluster
     settings = Settings(nats_urls=[node_proxy.url("nats")], etcd_endpoints=[])
     ctx = ServiceContext("outbox-test", settings, use_redis=False, elect=False)
     # a small buffer for the time NATS is away: most of the burst is refused by the client
