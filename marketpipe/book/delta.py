@@ -57,12 +57,12 @@ class ViewPublisher:
         self._rendered_update_id = 0
 
     def render(
-        self, sync: BookSync, settings: ViewSettings, seq: int, epoch: int
+        self, sync: BookSync, settings: ViewSettings, seq: int, epoch: int, shard: int = 0
     ) -> tuple[bytes, bytes | None] | None:
         """(the full view, its delta from the view last published or None: nothing published
         in this term yet) of a live book; None when the book's window no longer covers the view
         (``BookSync.on_window_lost``)."""
-        view = publish_view(sync, settings, seq, epoch)
+        view = publish_view(sync, settings, seq, epoch, shard)
         if view is None:
             return None
         self._rendered, self._rendered_update_id = view, sync.last_update_id
