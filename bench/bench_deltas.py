@@ -117,7 +117,7 @@ async def cpu_per_diff(process: Process, seconds: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     logdir = Path(args.logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(logdir.mkdir, parents=True, exist_ok=True)
     cluster = NatsCluster(size=1).start()
     redis_server = RedisServer().start()
     sim = SimulatorProcess(
