@@ -147,6 +147,8 @@ async def main(args: argparse.Namespace) -> None:
                 rest_weight_limit=str(WEIGHT_LIMIT),
                 streams_per_connection="200",
                 publish_deltas=deltas,
+                gateway_max_topics="1000",  # one client follows every sampled pair
+                gateway_max_backlog="100000",
             )
             book_service = await asyncio.to_thread(start_service, "orderbook", env, logdir, 900)
             started.append(book_service)
@@ -157,11 +159,12 @@ async def main(args: argparse.Namespace) -> None:
                 gateway = await asyncio.to_thread(start_service, "gateway", env, logdir)
                 started.append(gateway)
                 url = f"ws://127.0.0.1:{service_port(gateway)}/ws"
-                on_nats, full, depth = await asyncio.gather(
-                    nats_bytes(cluster, sample, args.seconds),
-                    gateway_bytes(url, "orderbook", sample, args.seconds),
-                    gateway_bytes(url, "depth", sample, args.seconds),
-                )
+                async with asyncio.timeout(args.seconds + 120):
+                    on_nats, full, depth = await asyncio.gather(
+                        nats_bytes(cluster, sample, args.seconds),
+                        gateway_bytes(url, "orderbook", sample, args.seconds),
+                        gateway_bytes(url, "depth", sample, args.seconds),
+                    )
                 full_rate = on_nats.get("full", 0) / args.seconds * scale
                 delta_rate = on_nats.get("delta", 0) / args.seconds * scale
                 print(
