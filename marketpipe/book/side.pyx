@@ -50,6 +50,7 @@ cdef enum:
 
 CHUNK = MAX_CHUNK
 INF = float("inf")
+cdef unsigned long long _sides_made = 0
 
 ctypedef struct Chunk:
     Py_ssize_t n  # levels
@@ -58,6 +59,7 @@ ctypedef struct Chunk:
     char *blob
     double keys[LEVELS_ROOM]
     unsigned char lens[LEVELS_ROOM]
+    unsigned int stamps[LEVELS_ROOM]  # the side's stamp when the level was last set
 
 
 cdef inline Py_ssize_t bisect_left(const double *keys, Py_ssize_t n, double key) noexcept nogil:
@@ -147,6 +149,10 @@ cdef class BookSide:
     cdef readonly double floor
     cdef readonly Py_ssize_t cap
     cdef readonly Py_ssize_t most
+    # Levels set since a view was taken carry a later stamp than the view (``capture``), so the
+    # next delta knows what changed without reading the previous message's levels back.
+    cdef unsigned int stamp
+    cdef readonly unsigned long long identity  # no two sides share one in a process
 
     def __cinit__(self, bint is_ask, Py_ssize_t chunk=MAX_CHUNK):
         if not 1 <= chunk <= MAX_CHUNK:
@@ -154,6 +160,10 @@ cdef class BookSide:
         self.is_ask = is_ask
         self.chunk = chunk
         self.floor = -INF
+        global _sides_made
+        _sides_made += 1
+        self.identity = _sides_made
+        self.stamp = 1
 
     def __dealloc__(self):
         self._clear()
@@ -237,6 +247,7 @@ cdef class BookSide:
                 p = PyUnicode_AsUTF8AndSize(price, &p_len)
                 q = PyUnicode_AsUTF8AndSize(quantity, &q_len)
                 c.lens[i] = p_len + q_len + FRAGMENT_FRAME
+                c.stamps[i] = self.stamp
                 c.size += c.lens[i]
             reserve(c, c.size)
             length = c.size
@@ -301,12 +312,14 @@ cdef class BookSide:
                 write_fragment(c.blob + start, p, p_len, q, q_len)
                 c.size += grow
                 c.lens[at] = length
+                c.stamps[at] = self.stamp
                 return 0
             memmove(c.blob + start, c.blob + end, c.size - end)
             c.size -= end - start
             c.n -= 1
             memmove(c.keys + at, c.keys + at + 1, (c.n - at) * sizeof(double))
             memmove(c.lens + at, c.lens + at + 1, c.n - at)
+            memmove(c.stamps + at, c.stamps + at + 1, (c.n - at) * sizeof(unsigned int))
             self.count -= 1
             if at == c.n and c.n:
                 self.maxes[at_chunk] = c.keys[c.n - 1]
@@ -320,8 +333,10 @@ cdef class BookSide:
             c.size += length
             memmove(c.keys + at + 1, c.keys + at, (c.n - at) * sizeof(double))
             memmove(c.lens + at + 1, c.lens + at, c.n - at)
+            memmove(c.stamps + at + 1, c.stamps + at, (c.n - at) * sizeof(unsigned int))
             c.keys[at] = key
             c.lens[at] = length
+            c.stamps[at] = self.stamp
             c.n += 1
             self.count += 1
             if at == c.n - 1:
@@ -338,6 +353,7 @@ cdef class BookSide:
         better.n = c.n - keep
         memcpy(better.keys, c.keys + keep, better.n * sizeof(double))
         memcpy(better.lens, c.lens + keep, better.n)
+        memcpy(better.stamps, c.stamps + keep, better.n * sizeof(unsigned int))
         better.size = sum_lens(better.lens, better.n)  # the better half leads the blob
         try:
             reserve(better, better.size)
@@ -370,6 +386,7 @@ cdef class BookSide:
         memcpy(worse.blob, better.blob, better.size)
         memcpy(worse.keys + worse.n, better.keys, better.n * sizeof(double))
         memcpy(worse.lens + worse.n, better.lens, better.n)
+        memcpy(worse.stamps + worse.n, better.stamps, better.n * sizeof(unsigned int))
         worse.n += better.n
         worse.size += better.size
         self._remove_chunk(high)
@@ -392,6 +409,7 @@ cdef class BookSide:
         c.n -= excess
         memmove(c.keys, c.keys + excess, c.n * sizeof(double))
         memmove(c.lens, c.lens + excess, c.n)
+        memmove(c.stamps, c.stamps + excess, c.n * sizeof(unsigned int))
         self.floor = c.keys[0]
 
     # --- reading ---
@@ -519,8 +537,11 @@ cdef class ViewSide:
 
     cdef double *keys
     cdef unsigned char *lens
+    cdef unsigned int *stamps
     cdef readonly Py_ssize_t count
     cdef Py_ssize_t start  # offset of the side's first level in the message
+    cdef unsigned long long side  # the BookSide's identity
+    cdef unsigned int taken  # the BookSide's stamp when this view was taken
 
     def __dealloc__(self):
         PyMem_Free(self.keys)  # the lengths follow the keys in the same block
@@ -532,12 +553,17 @@ cdef ViewSide capture(BookSide side, Py_ssize_t count, Py_ssize_t start):
     cdef Py_ssize_t at_chunk, i, taken = 0
     cdef Chunk *c
     count = max(0, min(count, side.count))
-    view.keys = <double *>PyMem_Malloc(max(count, 1) * (sizeof(double) + 1))
+    # one block: the keys, the stamps, then the lengths
+    view.keys = <double *>PyMem_Malloc(max(count, 1) * (sizeof(double) + sizeof(unsigned int) + 1))
     if view.keys == NULL:
         raise MemoryError()
-    view.lens = <unsigned char *>(view.keys + max(count, 1))
+    view.stamps = <unsigned int *>(view.keys + max(count, 1))
+    view.lens = <unsigned char *>(view.stamps + max(count, 1))
     view.count = count
     view.start = start
+    view.side = side.identity
+    view.taken = side.stamp
+    side.stamp += 1  # whatever is set from now on is newer than this view
     for at_chunk in range(side.n_chunks - 1, -1, -1):
         c = side.chunks[at_chunk]
         for i in range(c.n - 1, -1, -1):
@@ -545,6 +571,7 @@ cdef ViewSide capture(BookSide side, Py_ssize_t count, Py_ssize_t start):
                 return view
             view.keys[taken] = c.keys[i]
             view.lens[taken] = c.lens[i]
+            view.stamps[taken] = c.stamps[i]
             taken += 1
     return view
 
@@ -630,6 +657,8 @@ cdef Py_ssize_t write_changes(
     cdef Py_ssize_t i = 0, j = 0, size = 0, at_old = old.start, at_new = new.start
     cdef Py_ssize_t length, p_len
     cdef double old_key, new_key
+    # the same side as before: a level is unchanged unless it was set since the old view
+    cdef bint stamped = old.side == new.side
     # both sides best first: the larger key is the better level
     while i < old.count or j < new.count:
         old_key = old.keys[i] if i < old.count else -INF
@@ -646,9 +675,13 @@ cdef Py_ssize_t write_changes(
         if (
             i == old.count
             or new_key > old_key  # new in the view
-            # or the same price, whose level's JSON changed
-            or old.lens[i] != length
-            or memcmp(old_message + at_old, message + at_new, length - 1)
+            # or the same price, whose level was set since (and its JSON changed)
+            or (
+                new.stamps[j] > old.taken
+                if stamped
+                else old.lens[i] != length
+                or memcmp(old_message + at_old, message + at_new, length - 1)
+            )
         ):
             # the JSON without its comma (a side's last level has none), then a comma
             memcpy(buffer + size, message + at_new, length - 1)

@@ -14,8 +14,8 @@ from marketpipe.book.delta import ViewPublisher, ViewSide, checksum
 from marketpipe.book.sync import BookSync
 from marketpipe.exchange.messages import DepthUpdate
 
-from .test_sync_property import RestSnapshot
-from .truth import true_view
+from .test_sync_property import RestSnapshot, rest_snapshot
+from .truth import SYMBOL, evolutions, true_view
 
 
 @dataclass(frozen=True)
@@ -183,3 +183,46 @@ def test_view_side_reads() -> None:
     assert bids.within(8) == [("9", "1"), ("8", "2")]
     assert asks.within(10.5) == [("10", "2")]
     assert ViewSide(True).best() is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(evolutions(max_diffs=30), st.data())
+def test_deltas_of_a_book_that_moves_between_views(evolution, data) -> None:
+    """One book, diffs applied between views (some rendered and not published, some settings
+    changed, some snapshots loaded again): the side's own record of what changed since a view
+    gives the same deltas as comparing the messages."""
+    sync = BookSync(SYMBOL, buffer_size=1000)
+    first = evolution.states[0]
+    sync.on_diff(evolution.diffs[0])
+    limit = data.draw(st.sampled_from([None, 3, 1000]), label="snapshot limit")
+    sync.on_snapshot(rest_snapshot(first, limit), limit)
+    publisher = ViewPublisher()
+    held: tuple[list[list[str]], list[list[str]]] | None = None  # the view last published
+    for index, diff in enumerate(evolution.diffs[1:], start=1):
+        if data.draw(st.integers(0, 15), label="snapshot again") == 0:
+            sync.on_disconnect()
+            sync.on_diff(diff)
+            sync.on_snapshot(rest_snapshot(evolution.states[index + 1], limit), limit)
+        else:
+            sync.on_diff(diff)
+        if not sync.is_live:
+            break
+        view_settings = Settings(
+            data.draw(st.sampled_from([5.0, 20.0, 100.0]), label="pct"),
+            data.draw(st.sampled_from([2, 4, 250]), label="depth"),
+        )
+        rendered = publisher.render(sync, view_settings, seq=index, epoch=1)
+        if rendered is None:
+            break  # the window no longer covers the view: the service resyncs the book
+        full_message, delta_message = rendered
+        full = orjson.loads(full_message)
+        if held is not None:
+            assert delta_message is not None
+            delta = orjson.loads(delta_message)
+            bids, asks = ViewSide(False, held[0]), ViewSide(True, held[1])
+            bids.apply(delta["bids"])
+            asks.apply(delta["asks"])
+            assert (levels(bids), levels(asks)) == (full["bids"], full["asks"])
+        if data.draw(st.booleans(), label="published"):
+            publisher.published()
+            held = full["bids"], full["asks"]
