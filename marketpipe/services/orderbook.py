@@ -414,7 +414,7 @@ class OrderbookService:
             sent = term is not None and self.ctx.publish(f"orderbook.{symbol}", payload, term)
         except PayloadTooLargeError:
             return  # logged and counted by the publisher
-        if sent:
+        if sent and term is not None:
             self._seq[symbol] = seq
             self._latency.observe(max(0.0, time.time() - sync.last_event_time / 1000))
             self.ctx.cache_value(orderbook_key(symbol), payload, term=term)
