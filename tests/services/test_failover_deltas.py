@@ -13,11 +13,11 @@ import time
 
 import orjson
 from feed_harness import Recorder, blocking
-from test_failover import Pair, pair, sim, steady_leader, wait_for_epoch_above
+from test_failover import Pair, pair, steady_leader, wait_for_epoch_above
 
 from marketpipe.infra.local import NatsCluster
 
-__all__ = ["pair", "sim"]  # the fixtures, from the failover tests
+__all__ = ["pair"]  # the fixture, from the failover tests
 
 
 async def test_a_new_leader_chains_deltas_only_from_its_own_views(
