@@ -5,14 +5,15 @@
 One simulator (``--pairs`` symbols, ``--rate`` diffs/s each), a 1-node NATS server, Redis, the
 orderbook service (its defaults, the REST budget raised as in benchmark b) and the gateway.
 
-1. Deltas on: for a sample of pairs (every 10th: receiving 300 MB/s of full views here would
-   measure this process), bytes per second of ``orderbook.<SYMBOL>`` and of
+1. Bytes (measured after 2): for a sample of pairs (every 10th: receiving 300 MB/s of full
+   views here would measure this process), bytes per second of ``orderbook.<SYMBOL>`` and of
    ``delta.orderbook.<SYMBOL>`` on NATS, scaled to all pairs; and two gateway clients on the
    same sample, one subscribed to ``orderbook@`` and one to ``depth@`` (its books checked by
    ``marketpipe.client``'s keeper). Target: deltas <= 10 % of the full views' bytes.
-2. The orderbook's CPU per diff received with deltas on, then (the same simulator, a new
-   orderbook process) with ``PUBLISH_DELTAS=false``: the cost of the deltas, as benchmark b
-   measures CPU per diff. The machine is shared: compare the two figures of one run.
+2. The orderbook's CPU per diff received with and without deltas: two orderbook processes on
+   the same simulator at once, one with ``PUBLISH_DELTAS=false`` (on its own subject prefix),
+   so both get the same diffs and the same contention from whatever else the machine runs;
+   CPU per diff as benchmark b measures it. Run first, then the deltas-off one stops.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ async def gateway_bytes(
     """Bytes one gateway client receives on ``channel@`` for ``symbols`` over ``seconds``; on
     ``depth@`` its books are kept and checked with the client library's keeper."""
     keepers = {s: BookKeeper(s) for s in symbols}
-    counted = {"bytes": 0, "frames": 0, "snapshots": 0}
+    counted = {"bytes": 0, "frames": 0, "snapshots": 0, "pairs": 0}
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
         topics = [f"{channel}@{s}" for s in symbols]
         await ws.send_bytes(orjson.dumps({"action": "subscribe", "topics": topics}))
@@ -91,6 +92,7 @@ async def gateway_bytes(
                 keeper = keepers[frame["topic"].partition("@")[2]]
                 if frame["type"] == "snapshot":
                     counted["snapshots"] += 1
+                    counted["pairs"] += keeper.stats.views == 0
                     keeper.on_view(frame["data"])
                 else:
                     keeper.on_delta(frame["data"])
@@ -138,68 +140,80 @@ async def main(args: argparse.Namespace) -> None:
             f"{len(pairs)} pairs x {args.rate:g} diffs/s, {args.levels} levels a side; "
             f"{len(sample)} sampled pairs, {args.seconds:.0f} s per measure"
         )
-        per_diff: dict[str, float] = {}
-        for deltas in ("true", "false"):
-            env = service_env(
+        env: dict[str, dict[str, str]] = {}
+        for deltas in ("true", "false"):  # side by side: the same diffs, the same contention
+            env[deltas] = service_env(
                 sim,
                 cluster,
                 redis_server,
                 rest_weight_limit=str(WEIGHT_LIMIT),
                 streams_per_connection="200",
                 publish_deltas=deltas,
+                subject_prefix="" if deltas == "true" else "off.",
                 gateway_max_topics="1000",  # one client follows every sampled pair
                 gateway_max_backlog="100000",
             )
-            book_service = await asyncio.to_thread(start_service, "orderbook", env, logdir, 900)
-            started.append(book_service)
-            await asyncio.sleep(SETTLE_SECONDS)
-            print(f"\nPUBLISH_DELTAS={deltas}")
-            per_diff[deltas] = await cpu_per_diff(book_service, args.seconds)
-            if deltas == "true":
-                gateway = await asyncio.to_thread(start_service, "gateway", env, logdir)
-                started.append(gateway)
-                url = f"ws://127.0.0.1:{service_port(gateway)}/ws"
-                async with asyncio.timeout(args.seconds + 120):
-                    on_nats, full, depth = await asyncio.gather(
-                        nats_bytes(cluster, sample, args.seconds),
-                        gateway_bytes(url, "orderbook", sample, args.seconds),
-                        gateway_bytes(url, "depth", sample, args.seconds),
-                    )
-                full_rate = on_nats.get("full", 0) / args.seconds * scale
-                delta_rate = on_nats.get("delta", 0) / args.seconds * scale
-                print(
-                    f"  NATS, all pairs (x{scale:.0f} the sample): full views "
-                    f"{full_rate / 1e6:7.1f} MB/s, deltas {delta_rate / 1e6:6.2f} MB/s = "
-                    f"{delta_rate / full_rate:.1%} of the full views "
-                    f"(target <= 10%: {'met' if delta_rate <= 0.1 * full_rate else 'MISSED'})"
-                )
-                full_size = on_nats["full"] / max(1, on_nats["full_messages"])
-                delta_size = on_nats["delta"] / max(1, on_nats["delta_messages"])
-                print(f"    per message: full {full_size:.0f} B, delta {delta_size:.0f} B")
-                book_rate = full["bytes"] / args.seconds
-                depth_rate = depth["bytes"] / args.seconds
-                print(
-                    f"  gateway client, {len(sample)} pairs: orderbook@ "
-                    f"{book_rate / 1e6:6.2f} MB/s ({full['frames']} frames), depth@ "
-                    f"{depth_rate / 1e6:6.3f} MB/s ({depth['frames']} frames, "
-                    f"{depth['snapshots'] - len(sample)} snapshots after the first) = "
-                    f"{depth_rate / book_rate:.1%}; per pair {book_rate / len(sample) / 1e3:.0f} "
-                    f"vs {depth_rate / len(sample) / 1e3:.1f} KB/s"
-                )
-                print(
-                    f"    depth@ books kept by marketpipe.client's keeper: {depth['verified']} "
-                    f"checksums verified, {depth['resyncs']} resyncs"
-                )
-                for process in (gateway, book_service):
-                    await asyncio.to_thread(process.stop)
-                started.clear()
-            else:
-                await asyncio.to_thread(book_service.stop)
-                started.clear()
+        for deltas in env:
+            await asyncio.to_thread((logdir / deltas).mkdir, exist_ok=True)
+        launched = await asyncio.gather(
+            *(asyncio.to_thread(start_service, "orderbook", env[d], logdir / d, 900) for d in env)
+        )
+        services = dict(zip(env, launched, strict=True))
+        started.extend(launched)
+        await asyncio.sleep(SETTLE_SECONDS)
+        print("\ntwo orderbook services on the same simulator, one with PUBLISH_DELTAS=false")
+        per_diff = dict(
+            zip(
+                services,
+                await asyncio.gather(*(cpu_per_diff(p, args.seconds) for p in services.values())),
+                strict=True,
+            )
+        )
+        for deltas, figure in per_diff.items():
+            print(f"    PUBLISH_DELTAS={deltas}: {figure:.1f} us per diff received")
         on, off = per_diff["true"], per_diff["false"]
         print(
-            f"\norderbook CPU per diff received: deltas off {off:.1f} us, on {on:.1f} us "
-            f"({on / off - 1:+.0%}); the machine is shared, so only the ratio of one run counts"
+            f"  orderbook CPU per diff received: deltas off {off:.1f} us, on {on:.1f} us "
+            f"({on / off - 1:+.0%})"
+        )
+        await asyncio.to_thread(services["false"].stop)
+        started.remove(services["false"])
+
+        gateway = await asyncio.to_thread(start_service, "gateway", env["true"], logdir)
+        started.append(gateway)
+        url = f"ws://127.0.0.1:{service_port(gateway)}/ws"
+        async with asyncio.timeout(args.seconds + 120):
+            on_nats, full, depth = await asyncio.gather(
+                nats_bytes(cluster, sample, args.seconds),
+                gateway_bytes(url, "orderbook", sample, args.seconds),
+                gateway_bytes(url, "depth", sample, args.seconds),
+            )
+        full_rate = on_nats.get("full", 0) / args.seconds * scale
+        delta_rate = on_nats.get("delta", 0) / args.seconds * scale
+        print("\nbytes, the orderbook with deltas and a gateway")
+        print(
+            f"  NATS, all pairs (x{scale:.0f} the sample): full views "
+            f"{full_rate / 1e6:7.1f} MB/s, deltas {delta_rate / 1e6:6.2f} MB/s = "
+            f"{delta_rate / full_rate:.1%} of the full views "
+            f"(target <= 10%: {'met' if delta_rate <= 0.1 * full_rate else 'MISSED'})"
+        )
+        full_size = on_nats["full"] / max(1, on_nats["full_messages"])
+        delta_size = on_nats["delta"] / max(1, on_nats["delta_messages"])
+        print(f"    per message: full {full_size:.0f} B, delta {delta_size:.0f} B")
+        book_rate = full["bytes"] / args.seconds
+        depth_rate = depth["bytes"] / args.seconds
+        print(
+            f"  gateway client, {len(sample)} pairs: orderbook@ "
+            f"{book_rate / 1e6:6.2f} MB/s ({full['frames']} frames), depth@ "
+            f"{depth_rate / 1e6:6.3f} MB/s ({depth['frames']} frames, "
+            f"{depth['pairs']} pairs, {depth['snapshots'] - depth['pairs']} snapshots "
+            f"after each pair's first) = "
+            f"{depth_rate / book_rate:.1%}; per pair {book_rate / len(sample) / 1e3:.0f} "
+            f"vs {depth_rate / len(sample) / 1e3:.1f} KB/s"
+        )
+        print(
+            f"    depth@ books kept by marketpipe.client's keeper: {depth['verified']} "
+            f"checksums verified, {depth['resyncs']} resyncs"
         )
         print(f"\nlogs: {logdir}  (nats pid {server_pid(cluster.nodes[0])})")
     finally:

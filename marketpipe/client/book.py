@@ -184,8 +184,12 @@ class BookKeeper:
             return [self._resync("epoch", f"epoch {book.epoch} -> {epoch}")]
         return self._apply(delta)
 
-    def reset(self, reason: str) -> Resync:
-        """Drop the book (the link went down: ``reason``); the next full view starts it again."""
+    def reset(self, reason: str) -> Resync | None:
+        """Drop the book (the link went down: ``reason``); the next full view starts it again.
+        None: there was no book to drop."""
+        if self.book is None:
+            self._pending = []
+            return None
         return self._resync(reason, "")
 
     def _apply(self, delta: Mapping[str, Any]) -> list[Outcome]:

@@ -112,7 +112,9 @@ class BookStream:
 
     def reset(self, reason: str) -> None:
         """The link was lost (``reason``): whatever comes next starts from a full view."""
-        self._handle([self.keeper.reset(reason)])
+        resync = self.keeper.reset(reason)
+        if resync is not None:
+            self._handle([resync])
 
     def _handle(self, outcomes: list[Outcome]) -> None:
         stats = self._stats

@@ -146,12 +146,13 @@ async def test_users_books_equal_the_published_views_under_faults_and_a_gateway_
             stats = client.stats
             assert stats.checksums_verified >= stats.book_updates > 10 * FOLLOWED
             assert stats.bad_messages == 0
-            # explained: the damaged delta, the restart (and what it cut short), nothing else
-            assert set(stats.resyncs) <= {"checksum", "reconnect", "gap", "chain"}, stats.resyncs
-        assert (victim, "checksum") in {(s, r) for s, r, _ in resyncs}
-        assert nats_client.stats.resyncs["checksum"] >= 1
-        assert gateway_client.stats.resyncs["reconnect"] >= 1
-        assert gateway_client.stats.connects >= 2
+        # every resync explained: the exchange's faults broke no chain (the service resynced
+        # its books, its deltas still chain from what it published); the NATS user resynced
+        # once, for the damaged delta; the gateway user once a pair, for the restart
+        assert resyncs == [(victim, "checksum", resyncs[0][2])], resyncs
+        assert nats_client.stats.resyncs == {"checksum": 1}
+        assert gateway_client.stats.resyncs == {"reconnect": FOLLOWED}
+        assert gateway_client.stats.connects == 2
 
 
 async def publish_damaged_delta(rig: Rig, nats_cluster: NatsCluster, symbol: str) -> None:
