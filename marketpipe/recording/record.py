@@ -40,7 +40,10 @@ SNAPSHOT_WAIT_SECONDS = 10.0  # a symbol without a first diff by then is snapsho
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0] if __doc__ else ""
+    parser.description = (
+        "Record NATS subjects, or the exchange's raw stream frames and a REST snapshot of each "
+        "pair, with receive times, to zstandard files rotated by size. See docs/recording.md."
+    )
     add = parser.add_argument
     add("source", choices=["nats", "exchange"], help="what to record")
     add("--out", required=True, help="recording base path (files BASE.NNNNN.mprec.zst)")

@@ -33,7 +33,10 @@ FLUSH_EVERY = 1000  # messages between waits for the server, at full speed
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0] if __doc__ else ""
+    parser.description = (
+        "Replay a recording: its NATS messages back onto NATS, in order, or its exchange frames "
+        "served as a Binance-protocol exchange on --port. See docs/recording.md."
+    )
     add = parser.add_argument
     add("recording", help="a recording's base path (or one of its files)")
     add("--to", choices=["nats", "exchange"], default="nats", help="where to replay it")
