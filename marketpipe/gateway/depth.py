@@ -24,13 +24,14 @@ class BadDepthMessage(ValueError):
 
 
 class DepthTopic:
-    __slots__ = ("_prefix", "_snapshot", "keeper", "topic")
+    __slots__ = ("_prefix", "_shard", "_snapshot", "keeper", "topic")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.keeper = BookKeeper(topic.partition("@")[2])
         self._prefix = b'{"topic":' + orjson.dumps(topic) + b',"type":"delta","data":'
         self._snapshot: bytes | None = None
+        self._shard: int | None = None  # DESIGN §9: the publisher's shard, as its messages say
 
     @property
     def waiting(self) -> bool:
@@ -59,7 +60,9 @@ class DepthTopic:
 
     def _feed(self, take: Callable[[Any], list[Outcome]], payload: bytes) -> list[Outcome]:
         try:
-            return take(orjson.loads(payload))
+            message = orjson.loads(payload)
+            self._shard = message.get("shard", self._shard)
+            return take(message)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self.keeper.reset("bad_message")
             raise BadDepthMessage(f"{self.topic}: {exc!r}") from None
@@ -83,6 +86,7 @@ class DepthTopic:
                         "bids": book.bids,
                         "asks": book.asks,
                         "checksum": book.checksum,
+                        **({} if self._shard is None else {"shard": self._shard}),
                     },
                 }
             )

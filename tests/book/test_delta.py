@@ -170,7 +170,7 @@ def test_message_bytes() -> None:
     crc = zlib.crc32(b"9.00:1:10.00:1.5:7.50:4")
     assert second[1] == (
         b'{"symbol":"BTCUSDT","lastUpdateId":11,"prevUpdateId":9,"E":1765432100011,"seq":2,'
-        b'"epoch":2,"bids":[["8.00","0"],["7.50","4"]],"asks":[["10.00","1.5"]],'
+        b'"epoch":2,"shard":0,"bids":[["8.00","0"],["7.50","4"]],"asks":[["10.00","1.5"]],'
         b'"checksum":%d}' % crc
     )
     assert second[0].endswith(b'"asks":[["10.00","1.5"]],"checksum":%d}' % crc)
