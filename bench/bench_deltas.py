@@ -151,7 +151,7 @@ async def main(args: argparse.Namespace) -> None:
                 publish_deltas=deltas,
                 subject_prefix="" if deltas == "true" else "off.",
                 gateway_max_topics="1000",  # one client follows every sampled pair
-                gateway_max_backlog="100000",
+                gateway_max_pending_bytes=str(256 * 1024 * 1024),
             )
         for deltas in env:
             await asyncio.to_thread((logdir / deltas).mkdir, exist_ok=True)

@@ -59,7 +59,9 @@ def read_frame(sock: socket.socket) -> bytes:
 async def test_a_backlogged_depth_client_gets_a_fresh_snapshot_never_a_broken_chain(
     start_gateway: GatewayFactory,
 ) -> None:
-    gateway = start_gateway(gateway_max_backlog="50")
+    gateway = start_gateway(
+        gateway_max_pending_bytes=str(64 * 1024 * 1024), gateway_write_deadline_seconds="60"
+    )
     subscribe = orjson.dumps({"action": "subscribe", "topics": "depth@BTCUSDT"})
     stuck = await asyncio.to_thread(stuck_client, gateway.port, subscribe)
     async with aiohttp.ClientSession() as http:
