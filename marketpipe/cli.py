@@ -29,6 +29,12 @@ COMMANDS: dict[str, tuple[str, str, int]] = {
     ),
     "up": ("marketpipe.up", "the whole stack on one machine", 8080),
     "status": ("marketpipe.ha.status", "instances, roles and shards, from etcd", 0),
+    "record": ("marketpipe.recording.record", "record NATS subjects or exchange frames", 0),
+    "replay": (
+        "marketpipe.recording.replay",
+        "replay a recording onto NATS or as an exchange",
+        9000,
+    ),
 }
 
 
@@ -57,6 +63,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             "up": "the gateway's port: web page and WebSocket",
             "gateway": "WebSocket, web page, probes and metrics",
             "exchange-sim": "REST, WebSocket streams and admin API",
+            "replay": "with --to exchange: the replayed exchange's REST and streams",
+            "record": "not used",
         }.get(name, "probes and metrics")
         p.add_argument("--port", type=int, default=port, help=f"HTTP port: {what} (default {port})")
         p.add_argument("--config", metavar="FILE", help="YAML or TOML settings file")

@@ -58,6 +58,7 @@ class Settings(BaseModel):
     # Order books.
     publish_interval_ms: int = Field(default=100, ge=1)
     publish_max_wait_ms: float = Field(default=20.0, ge=0)
+    publish_deltas: bool = True  # delta.orderbook.<SYMBOL> beside every full view (DESIGN §10)
     default_max_spread_pct: float = Field(default=35.0, gt=0, le=100)
     default_depth: int = Field(default=250, ge=1, le=5000)
     snapshot_limit: int = Field(default=5000, ge=1, le=5000)

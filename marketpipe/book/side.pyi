@@ -32,6 +32,16 @@ class BookSide:
     def layout(self) -> list[tuple[list[float], bytes, bytes]]: ...
     def chunk_bests(self) -> list[float]: ...
 
-def view_message(
+class ViewSide:
+    count: int
+
+class PublishedView:
+    message: bytes
+    checksum: int
+    bids: ViewSide
+    asks: ViewSide
+    def delta_message(self, previous: PublishedView, prev_update_id: int) -> bytes: ...
+
+def render_view_message(
     head: bytes, bids: BookSide, bid_count: int, asks: BookSide, ask_count: int
-) -> bytes: ...
+) -> PublishedView: ...

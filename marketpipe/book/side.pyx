@@ -27,7 +27,10 @@ below the diffs' horizon (``load``): deeper, a level could change unseen.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.string cimport memcpy, memmove
+from libc.stdio cimport snprintf
+from libc.string cimport memcmp, memcpy, memmove
+
+from zlib import crc32
 
 from marketpipe.book.levels import BadLevel, check_precision, decode_fragment
 
@@ -42,9 +45,12 @@ cdef enum:
     SHORT_PRICE = 16  # at most 15 digits: no precision check needed
     LONGEST_FRAGMENT = 255  # a length is one byte; no exchange sends a level near that
     FRAGMENT_FRAME = 8  # '["' + '","' + '"],'
+    CHECKSUM_LEVELS = 25  # DESIGN §10: the checksum covers the best 25 levels a side
+    REMOVAL_GROWTH = 3  # '["p","q"],' becomes at most '["p","0"],' + ... (quantity >= 1 byte)
 
 CHUNK = MAX_CHUNK
 INF = float("inf")
+cdef unsigned long long _sides_made = 0
 
 ctypedef struct Chunk:
     Py_ssize_t n  # levels
@@ -53,6 +59,7 @@ ctypedef struct Chunk:
     char *blob
     double keys[LEVELS_ROOM]
     unsigned char lens[LEVELS_ROOM]
+    unsigned int stamps[LEVELS_ROOM]  # the side's stamp when the level was last set
 
 
 cdef inline Py_ssize_t bisect_left(const double *keys, Py_ssize_t n, double key) noexcept nogil:
@@ -142,6 +149,10 @@ cdef class BookSide:
     cdef readonly double floor
     cdef readonly Py_ssize_t cap
     cdef readonly Py_ssize_t most
+    # Levels set since a view was taken carry a later stamp than the view (``capture``), so the
+    # next delta knows what changed without reading the previous message's levels back.
+    cdef unsigned int stamp
+    cdef readonly unsigned long long identity  # no two sides share one in a process
 
     def __cinit__(self, bint is_ask, Py_ssize_t chunk=MAX_CHUNK):
         if not 1 <= chunk <= MAX_CHUNK:
@@ -149,6 +160,10 @@ cdef class BookSide:
         self.is_ask = is_ask
         self.chunk = chunk
         self.floor = -INF
+        global _sides_made
+        _sides_made += 1
+        self.identity = _sides_made
+        self.stamp = 1
 
     def __dealloc__(self):
         self._clear()
@@ -232,6 +247,7 @@ cdef class BookSide:
                 p = PyUnicode_AsUTF8AndSize(price, &p_len)
                 q = PyUnicode_AsUTF8AndSize(quantity, &q_len)
                 c.lens[i] = p_len + q_len + FRAGMENT_FRAME
+                c.stamps[i] = self.stamp
                 c.size += c.lens[i]
             reserve(c, c.size)
             length = c.size
@@ -296,12 +312,14 @@ cdef class BookSide:
                 write_fragment(c.blob + start, p, p_len, q, q_len)
                 c.size += grow
                 c.lens[at] = length
+                c.stamps[at] = self.stamp
                 return 0
             memmove(c.blob + start, c.blob + end, c.size - end)
             c.size -= end - start
             c.n -= 1
             memmove(c.keys + at, c.keys + at + 1, (c.n - at) * sizeof(double))
             memmove(c.lens + at, c.lens + at + 1, c.n - at)
+            memmove(c.stamps + at, c.stamps + at + 1, (c.n - at) * sizeof(unsigned int))
             self.count -= 1
             if at == c.n and c.n:
                 self.maxes[at_chunk] = c.keys[c.n - 1]
@@ -315,8 +333,10 @@ cdef class BookSide:
             c.size += length
             memmove(c.keys + at + 1, c.keys + at, (c.n - at) * sizeof(double))
             memmove(c.lens + at + 1, c.lens + at, c.n - at)
+            memmove(c.stamps + at + 1, c.stamps + at, (c.n - at) * sizeof(unsigned int))
             c.keys[at] = key
             c.lens[at] = length
+            c.stamps[at] = self.stamp
             c.n += 1
             self.count += 1
             if at == c.n - 1:
@@ -333,6 +353,7 @@ cdef class BookSide:
         better.n = c.n - keep
         memcpy(better.keys, c.keys + keep, better.n * sizeof(double))
         memcpy(better.lens, c.lens + keep, better.n)
+        memcpy(better.stamps, c.stamps + keep, better.n * sizeof(unsigned int))
         better.size = sum_lens(better.lens, better.n)  # the better half leads the blob
         try:
             reserve(better, better.size)
@@ -365,6 +386,7 @@ cdef class BookSide:
         memcpy(worse.blob, better.blob, better.size)
         memcpy(worse.keys + worse.n, better.keys, better.n * sizeof(double))
         memcpy(worse.lens + worse.n, better.lens, better.n)
+        memcpy(worse.stamps + worse.n, better.stamps, better.n * sizeof(unsigned int))
         worse.n += better.n
         worse.size += better.size
         self._remove_chunk(high)
@@ -387,6 +409,7 @@ cdef class BookSide:
         c.n -= excess
         memmove(c.keys, c.keys + excess, c.n * sizeof(double))
         memmove(c.lens, c.lens + excess, c.n)
+        memmove(c.stamps, c.stamps + excess, c.n * sizeof(unsigned int))
         self.floor = c.keys[0]
 
     # --- reading ---
@@ -508,23 +531,245 @@ cdef class BookSide:
         return [self.maxes[i] for i in range(self.n_chunks)]
 
 
-def view_message(
+cdef class ViewSide:
+    """The levels of one side of a published view, best first: each level's key and JSON length
+    (with its comma) and where the side's JSON starts in the view's message."""
+
+    cdef double *keys
+    cdef unsigned char *lens
+    cdef unsigned int *stamps
+    cdef readonly Py_ssize_t count
+    cdef Py_ssize_t start  # offset of the side's first level in the message
+    cdef unsigned long long side  # the BookSide's identity
+    cdef unsigned int taken  # the BookSide's stamp when this view was taken
+
+    def __dealloc__(self):
+        PyMem_Free(self.keys)  # the lengths follow the keys in the same block
+
+
+cdef ViewSide capture(BookSide side, Py_ssize_t count, Py_ssize_t start):
+    """The best ``count`` levels' keys and lengths, best first (the side holds them best last)."""
+    cdef ViewSide view = ViewSide.__new__(ViewSide)
+    cdef Py_ssize_t at_chunk, i, taken = 0
+    cdef Chunk *c
+    count = max(0, min(count, side.count))
+    # one block: the keys, the stamps, then the lengths
+    view.keys = <double *>PyMem_Malloc(max(count, 1) * (sizeof(double) + sizeof(unsigned int) + 1))
+    if view.keys == NULL:
+        raise MemoryError()
+    view.stamps = <unsigned int *>(view.keys + max(count, 1))
+    view.lens = <unsigned char *>(view.stamps + max(count, 1))
+    view.count = count
+    view.start = start
+    view.side = side.identity
+    view.taken = side.stamp
+    side.stamp += 1  # whatever is set from now on is newer than this view
+    for at_chunk in range(side.n_chunks - 1, -1, -1):
+        c = side.chunks[at_chunk]
+        for i in range(c.n - 1, -1, -1):
+            if taken == count:
+                return view
+            view.keys[taken] = c.keys[i]
+            view.lens[taken] = c.lens[i]
+            view.stamps[taken] = c.stamps[i]
+            taken += 1
+    return view
+
+
+cdef inline Py_ssize_t price_length(const char *fragment) noexcept nogil:
+    cdef Py_ssize_t n = 2
+    while fragment[n] != b'"':
+        n += 1
+    return n - 2
+
+
+ctypedef struct Cursor:  # a walk over a side's levels, best first
+    Py_ssize_t chunk
+    Py_ssize_t level  # index in the chunk (best last)
+    Py_ssize_t offset  # of the level's JSON in the chunk's blob
+
+
+cdef inline Cursor start_cursor(BookSide side) noexcept:
+    cdef Cursor cursor
+    cursor.chunk = side.n_chunks - 1
+    cursor.level = side.chunks[cursor.chunk].n - 1 if side.n_chunks else -1
+    cursor.offset = 0
+    return cursor
+
+
+cdef Py_ssize_t write_checksum_level(char *to, Cursor *at, BookSide side) noexcept:
+    """``price:quantity`` of the level at the cursor (``["price","quantity"]`` in the blob),
+    then the cursor moves to the next level (the side must have it)."""
+    cdef Chunk *c = side.chunks[at.chunk]
+    cdef const char *fragment = c.blob + at.offset
+    cdef Py_ssize_t p_len = price_length(fragment)
+    cdef Py_ssize_t q_len = c.lens[at.level] - p_len - FRAGMENT_FRAME
+    memcpy(to, fragment + 2, p_len)
+    to[p_len] = b':'
+    memcpy(to + p_len + 1, fragment + p_len + 5, q_len)
+    at.offset += c.lens[at.level]
+    at.level -= 1
+    if at.level < 0 and at.chunk > 0:
+        at.chunk -= 1
+        at.level = side.chunks[at.chunk].n - 1
+        at.offset = 0
+    return p_len + 1 + q_len
+
+
+cdef unsigned long view_checksum(
+    BookSide bids, Py_ssize_t bid_count, BookSide asks, Py_ssize_t ask_count
+) except? 0:
+    """DESIGN §10: crc32 of ``bids[0]:asks[0]:bids[1]:...`` over the best 25 levels of the
+    view, ``price:quantity`` each, a missing level skipped."""
+    cdef char buffer[2 * CHECKSUM_LEVELS * LONGEST_FRAGMENT]
+    cdef Py_ssize_t i, size = 0
+    cdef Cursor at_bid = start_cursor(bids), at_ask = start_cursor(asks)
+    for i in range(CHECKSUM_LEVELS):
+        if i < bid_count and i < bids.count:
+            if size:
+                buffer[size] = b':'
+                size += 1
+            size += write_checksum_level(buffer + size, &at_bid, bids)
+        if i < ask_count and i < asks.count:
+            if size:
+                buffer[size] = b':'
+                size += 1
+            size += write_checksum_level(buffer + size, &at_ask, asks)
+    return crc32(PyBytes_FromStringAndSize(buffer, size))
+
+
+cdef Py_ssize_t changes_room(ViewSide old, ViewSide new) noexcept:
+    """An upper bound of the bytes :func:`write_changes` writes."""
+    cdef Py_ssize_t room = 0, i
+    for i in range(old.count):
+        room += old.lens[i] + REMOVAL_GROWTH
+    for i in range(new.count):
+        room += new.lens[i]
+    return room
+
+
+cdef Py_ssize_t write_changes(
+    char *buffer, const char *old_message, ViewSide old, const char *message, ViewSide new
+) noexcept:
+    """The levels that differ from ``old`` to ``new`` (one side, best first), each followed by
+    a comma: each new or changed level as it is now, each level gone as ``["price","0"]``.
+    Returns the bytes written."""
+    cdef Py_ssize_t i = 0, j = 0, size = 0, at_old = old.start, at_new = new.start
+    cdef Py_ssize_t length, p_len
+    cdef double old_key, new_key
+    # the same side as before: a level is unchanged unless it was set since the old view
+    cdef bint stamped = old.side == new.side
+    # both sides best first: the larger key is the better level
+    while i < old.count or j < new.count:
+        old_key = old.keys[i] if i < old.count else -INF
+        new_key = new.keys[j] if j < new.count else -INF
+        if j == new.count or (i < old.count and old_key > new_key):  # gone from the view
+            p_len = price_length(old_message + at_old)
+            memcpy(buffer + size, old_message + at_old, p_len + 2)
+            memcpy(buffer + size + p_len + 2, b'","0"],', 7)
+            size += p_len + 9
+            at_old += old.lens[i]
+            i += 1
+            continue
+        length = new.lens[j]
+        if (
+            i == old.count
+            or new_key > old_key  # new in the view
+            # or the same price, whose level was set since (and its JSON changed)
+            or (
+                new.stamps[j] > old.taken
+                if stamped
+                else old.lens[i] != length
+                or memcmp(old_message + at_old, message + at_new, length - 1)
+            )
+        ):
+            # the JSON without its comma (a side's last level has none), then a comma
+            memcpy(buffer + size, message + at_new, length - 1)
+            buffer[size + length - 1] = b','
+            size += length
+        if i < old.count and new_key == old_key:
+            at_old += old.lens[i]
+            i += 1
+        at_new += length
+        j += 1
+    return size
+
+
+cdef class PublishedView:
+    """A rendered ``orderbook.<SYMBOL>`` message and the levels in it, so that the next view's
+    delta is computed from what was published, not from the book."""
+
+    cdef readonly bytes message
+    cdef readonly unsigned long checksum
+    cdef readonly ViewSide bids
+    cdef readonly ViewSide asks
+
+    def delta_message(self, PublishedView previous, long long prev_update_id):
+        """The ``delta.orderbook.<SYMBOL>`` message from ``previous`` (whose ``lastUpdateId``
+        is ``prev_update_id``) to this view: this message's head with ``prevUpdateId`` after
+        ``lastUpdateId``, the bids that differ, ``],"asks":[``, the asks that differ, and the
+        checksum (DESIGN §10: a quantity of "0" removes a level)."""
+        cdef const char *old = PyBytes_AS_STRING(previous.message)
+        cdef const char *now = PyBytes_AS_STRING(self.message)
+        cdef Py_ssize_t head_len = self.bids.start, at = 0, size, written
+        cdef char middle[48]
+        cdef Py_ssize_t middle_len = snprintf(middle, 48, b'"prevUpdateId":%lld,', prev_update_id)
+        cdef char tail[32]
+        cdef Py_ssize_t tail_len = snprintf(tail, 32, b'],"checksum":%lu}', self.checksum)
+        cdef char *buffer
+        cdef bytes out
+        while at < head_len and memcmp(now + at, b'"E":', 4):  # the field after lastUpdateId
+            at += 1
+        buffer = <char *>PyMem_Malloc(
+            head_len
+            + middle_len
+            + changes_room(previous.bids, self.bids)
+            + changes_room(previous.asks, self.asks)
+            + tail_len
+            + 10
+        )
+        if buffer == NULL:
+            raise MemoryError()
+        memcpy(buffer, now, at)
+        memcpy(buffer + at, middle, middle_len)
+        memcpy(buffer + at + middle_len, now + at, head_len - at)
+        size = head_len + middle_len
+        written = write_changes(buffer + size, old, previous.bids, now, self.bids)
+        size += written - 1 if written else 0  # no comma after a side's last level
+        memcpy(buffer + size, b'],"asks":[', 10)
+        size += 10
+        written = write_changes(buffer + size, old, previous.asks, now, self.asks)
+        size += written - 1 if written else 0
+        memcpy(buffer + size, tail, tail_len)
+        out = PyBytes_FromStringAndSize(buffer, size + tail_len)
+        PyMem_Free(buffer)
+        return out
+
+
+def render_view_message(
     bytes head, BookSide bids, Py_ssize_t bid_count, BookSide asks, Py_ssize_t ask_count
 ):
     """``head`` + the best ``bid_count`` bids + ``],"asks":[`` + the best ``ask_count`` asks +
-    ``]}``: a whole ``orderbook.<SYMBOL>`` message in one allocation and a few copies."""
+    ``],"checksum":N}``: a whole ``orderbook.<SYMBOL>`` message in one allocation and a few
+    copies, with the levels it holds."""
     cdef const char *middle = b'],"asks":['
     cdef Py_ssize_t middle_len = 10
     cdef Py_ssize_t head_len = len(head)
-    cdef Py_ssize_t size = (
-        head_len + bids._json_size(bid_count) + middle_len + asks._json_size(ask_count) + 2
-    )
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
-    cdef char *to = PyBytes_AS_STRING(out)
+    cdef Py_ssize_t bids_len = bids._json_size(bid_count)
+    cdef PublishedView view = PublishedView.__new__(PublishedView)
+    cdef Py_ssize_t size, tail_len
+    cdef char *to
+    cdef char tail[32]
+    view.checksum = view_checksum(bids, bid_count, asks, ask_count)
+    tail_len = snprintf(tail, 32, b'],"checksum":%lu}', view.checksum)
+    size = head_len + bids_len + middle_len + asks._json_size(ask_count) + tail_len
+    view.message = PyBytes_FromStringAndSize(NULL, size)
+    to = PyBytes_AS_STRING(view.message)
     memcpy(to, PyBytes_AS_STRING(head), head_len)
     to = bids._write_best(bid_count, to + head_len)
     memcpy(to, middle, middle_len)
     to = asks._write_best(ask_count, to + middle_len)
-    to[0] = b']'
-    to[1] = b'}'
-    return out
+    memcpy(to, tail, tail_len)
+    view.bids = capture(bids, bid_count, head_len)
+    view.asks = capture(asks, ask_count, head_len + bids_len + middle_len)
+    return view

@@ -8,7 +8,8 @@ the bound, and the single level whose key equals ``float(bound)`` (keys are uniq
 exactly. A book with an empty side has no mid: its view is the best ``Depth`` levels unfiltered.
 
 Levels are the book's pre-encoded JSON (the exchange's strings, byte-identical), kept in
-contiguous blobs, so a message is one allocation and a few copies (``side.view_message``).
+contiguous blobs, so a message is one allocation and a few copies
+(``side.render_view_message``); it ends with the view's ``checksum`` (DESIGN §10).
 
 A side is only known down to its window's floor (``book.py``). When the market has walked away
 from the snapshot, the view may need levels beyond the floor that the book has never seen: then
@@ -26,7 +27,7 @@ import orjson
 
 from marketpipe.book.book import OrderBook
 from marketpipe.book.levels import INF, price_of
-from marketpipe.book.side import BookSide, view_message
+from marketpipe.book.side import BookSide, PublishedView, render_view_message
 from marketpipe.book.sync import BookSync
 
 # Prices have at most 15 digits and percentages are short: 40 digits keep every bound exact.
@@ -117,6 +118,15 @@ def render_view(
 ) -> bytes | None:
     """The ``orderbook.<SYMBOL>`` message of a live book (the caller checks it is live); None
     when the book's window no longer covers the view (``BookSync.on_window_lost``)."""
+    view = publish_view(sync, settings, seq, epoch, shard)
+    return None if view is None else view.message
+
+
+def publish_view(
+    sync: BookSync, settings: ViewSettings, seq: int, epoch: int, shard: int = 0
+) -> PublishedView | None:
+    """As :func:`render_view`, with the levels of the message kept for the next delta
+    (``marketpipe.book.delta``)."""
     book = sync.book
     counts = view_counts(book, settings.max_spread_pct, settings.depth)
     if counts is None:
@@ -129,4 +139,4 @@ def render_view(
         epoch,
         shard,
     )
-    return view_message(head, book.bids, counts[0], book.asks, counts[1])
+    return render_view_message(head, book.bids, counts[0], book.asks, counts[1])

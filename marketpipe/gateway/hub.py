@@ -17,6 +17,11 @@ wanted from that moment, so another client leaving meanwhile cannot make it unwa
 topic whose wanted state flipped; the shell takes them (``take_changed``) and opens or closes
 NATS subscriptions until none is left, so the two can only disagree while the shell is
 still at it.
+
+A ``depth@`` topic (DESIGN §10) keeps its symbol's book (``DepthTopic``): its frames are the
+deltas that extend the chain, a snapshot when the chain restarts, and for a subscriber that
+joins or takes a place it held (it was behind) a fresh snapshot of the book at the chain's
+head, so what each subscriber receives always chains.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from marketpipe.gateway.depth import DepthTopic
 from marketpipe.gateway.ordering import OrderGuard, StampOf, stamp_reader
 from marketpipe.gateway.protocol import (
     Conflation,
@@ -52,6 +58,7 @@ class _Topic:
     subscribers: dict[Subscriber, None] = field(default_factory=dict)  # served
     joining: dict[Subscriber, None] = field(default_factory=dict)  # waiting for upstream
     parked: dict[Subscriber, None] = field(default_factory=dict)  # holding a place for latest
+    depth: DepthTopic | None = None  # depth@ topics only
 
     @property
     def wanted(self) -> bool:
@@ -74,6 +81,8 @@ class Hub:
             state = self._topics[topic] = _Topic(
                 topic, frame_prefix(topic), conflation_of(topic), stamp_reader(topic)
             )
+            if state.how is Conflation.SNAPSHOT:
+                state.depth = DepthTopic(topic)
         return state
 
     def wanted(self, topic: str) -> bool:
@@ -113,6 +122,11 @@ class Hub:
             return False
         del state.joining[subscriber]
         state.subscribers[subscriber] = None
+        if state.depth is not None:
+            snapshot = state.depth.snapshot()
+            if snapshot is not None:
+                state.deliver(subscriber, snapshot)
+            return state.depth.waiting
         if state.latest is not None:
             state.deliver(subscriber, state.latest)
         return state.latest is None and sends_latest_on_subscribe(topic)
@@ -125,7 +139,7 @@ class Hub:
             return None
         del state.parked[subscriber]
         state.subscribers[subscriber] = None
-        return state.latest
+        return state.depth.snapshot() if state.depth is not None else state.latest
 
     def remove(self, subscriber: Subscriber, topic: str) -> None:
         """Leave ``topic`` (joined or served); a no-op if not there."""
@@ -143,6 +157,30 @@ class Hub:
             # nothing arrives once the subscription closes; the guard stays, so a later
             # subscriber never goes back in time
             state.latest = None
+            if state.depth is not None:  # and a chain ends with its subscription
+                state.depth = DepthTopic(topic)
+
+    # --- depth@ (DESIGN §10) ---
+
+    def depth_waiting(self, topic: str) -> bool:
+        """``topic`` is wanted and its chain waits for a full view."""
+        state = self._topics.get(topic)
+        return bool(state and state.wanted and state.depth and state.depth.waiting)
+
+    def publish_depth(self, topic: str, payload: bytes, is_delta: bool) -> int:
+        """A full view (``orderbook.<SYMBOL>`` or Redis) or a delta for a ``depth@`` topic;
+        returns how many subscribers got a frame. Raises ``BadDepthMessage``."""
+        state = self._topics.get(topic)
+        if state is None or state.depth is None or not state.wanted:
+            return 0
+        depth = state.depth
+        frame = depth.on_delta(payload) if is_delta else depth.on_view(payload)
+        if frame is None:
+            return 0
+        subscribers = list(state.subscribers)  # a delivery may park its subscriber
+        for subscriber in subscribers:
+            state.deliver(subscriber, frame)
+        return len(subscribers)
 
     def publish(self, topic: str, payload: bytes, from_cache: bool = False) -> int:
         """Fan one message out; returns how many subscribers got it (0 if stale or unwanted)."""

@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 PER_PAIR_CHANNELS = ("orderbook", "trades", "tickers", "snapshot_trades")
+# books as a snapshot then chained deltas (DESIGN §10); not part of all@SYMBOL
+DEPTH_CHANNEL = "depth"
 MARKET_VIEWS = ("DATA", "SNAPSHOT")
 # channels answered once from the cache, never subscribed to
 ONE_SHOT_CHANNELS = frozenset({"snapshot_trades"})
@@ -40,6 +42,7 @@ class Conflation(Enum):
     NONE = "none"  # every frame is kept (trades, replies)
     REPLACE = "replace"  # the newer one replaces it (books, tickers, market snapshots)
     MERGE = "merge"  # deltas are merged, newer keys win (markets@DATA)
+    SNAPSHOT = "snapshot"  # unsent depth@ frames become one fresh snapshot (DESIGN §10)
 
 
 def conflation_of(topic: str) -> Conflation:
@@ -48,6 +51,8 @@ def conflation_of(topic: str) -> Conflation:
         return Conflation.REPLACE
     if topic == MARKETS_DATA:
         return Conflation.MERGE
+    if channel == DEPTH_CHANNEL:
+        return Conflation.SNAPSHOT
     return Conflation.NONE
 
 
@@ -88,10 +93,10 @@ def parse_topic(text: str, known_symbol: SymbolCheck) -> tuple[str, tuple[str, .
             )
         topic = f"markets@{symbol}"
         return topic, (topic,)
-    if channel != "all" and channel not in PER_PAIR_CHANNELS:
+    if channel != "all" and channel != DEPTH_CHANNEL and channel not in PER_PAIR_CHANNELS:
         raise ProtocolError(
             f"unknown channel {channel!r}; channels: "
-            + ", ".join((*PER_PAIR_CHANNELS, "markets", "all")),
+            + ", ".join((*PER_PAIR_CHANNELS, DEPTH_CHANNEL, "markets", "all")),
             "unknown_channel",
         )
     if not _SYMBOL.match(symbol) or not known_symbol(symbol):

@@ -6,7 +6,10 @@ whatever the frame (it is the shared frame of a fan-out, never copied): a newer 
 latest-value topic replaces the older unsent one in place (keeping the older one's turn, so a
 busy topic is not starved); a ``markets@DATA`` delta joins the unsent ones of its topic, and
 they are merged into one frame only when the writer takes them (``pop``), so the merging is
-paid by the slow client's writer, never by the fan-out; everything else queues.
+paid by the slow client's writer, never by the fan-out; a ``depth@`` frame that finds an
+older one of its topic unsent turns that place into a held one (below): a chain must not lose
+a delta, so the client takes one fresh snapshot there instead of its unsent deltas (DESIGN
+§10); everything else queues.
 
 A client that is behind does not even take a latest-value topic's frames: it ``hold``s a place
 for the topic, and its writer reads the topic's newest frame when it comes to that place
@@ -96,6 +99,10 @@ class SendQueue:
                     entry.frames.append(frame)
                     entry.size += size
                     self.bytes += size
+                elif how is Conflation.SNAPSHOT:  # held: a snapshot is read when it is taken
+                    entry.frames = []
+                    self.bytes += size - entry.size
+                    entry.size = size
                 else:
                     entry.frames = [frame]
                     self.bytes += size - entry.size

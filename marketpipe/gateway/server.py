@@ -32,8 +32,10 @@ from aiohttp import WSMsgType, web
 
 from marketpipe.config import Settings
 from marketpipe.gateway.admission import SUBPROTOCOL, Admission, Refusal
+from marketpipe.gateway.depth import BadDepthMessage
 from marketpipe.gateway.hub import Hub
 from marketpipe.gateway.protocol import (
+    DEPTH_CHANNEL,
     MARKETS_SNAPSHOT,
     Conflation,
     SymbolCheck,
@@ -71,6 +73,9 @@ HARD_MESSAGE_CAP = 64 * 1024
 # how long a close handshake with a stuck client may take before the socket is cut
 CLOSE_TIMEOUT = 1.0
 
+# a depth@ chain waits this long for a full view from NATS before it takes Redis's
+DEPTH_CACHE_AFTER_SECONDS = 0.3
+
 # unsent bytes a client's transport may hold before its frames wait in its send queue
 DIRECT_WRITE_LIMIT = 64 * 1024
 
@@ -100,6 +105,17 @@ def text_frame_header(length: int) -> bytes:
     if length < 65536:
         return _HEADER_16(_TEXT_FIN, 126, length)
     return _HEADER_64(_TEXT_FIN, 127, length)
+
+
+class _Subscriptions:
+    """Several NATS subscriptions that one topic holds (``depth@``), closed together."""
+
+    def __init__(self, *subscriptions: Any) -> None:
+        self._subscriptions = subscriptions
+
+    async def unsubscribe(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()
 
 
 class ClientConnection:
@@ -173,7 +189,9 @@ class ClientConnection:
         behind = socket_held > DIRECT_WRITE_LIMIT
         if behind and self._behind is None:
             self._fall_behind()
-        if behind and how is Conflation.REPLACE and topic is not None:
+        # a depth@ client behind holds a place too: it takes a fresh snapshot there (DESIGN §10)
+        holds = how is Conflation.REPLACE or how is Conflation.SNAPSHOT
+        if behind and holds and topic is not None:
             pushed = self.queue.hold(topic, len(frame), socket_held)
         else:
             pushed = self.queue.push(frame, topic, how, socket_held)
@@ -182,7 +200,10 @@ class ClientConnection:
             return False
         if pushed is Pushed.QUEUED:
             self._wake.set()
-        return behind and how is Conflation.REPLACE and pushed is not Pushed.REFUSED
+        if pushed is Pushed.REFUSED:
+            return False
+        # a depth@ frame that found an older one unsent made that place a held one
+        return (behind and holds) or (how is Conflation.SNAPSHOT and pushed is Pushed.CONFLATED)
 
     def count_conflated(self) -> None:
         """Add the frames conflated away since last time to the metric."""
@@ -545,7 +566,10 @@ class Gateway:
             if wanted and topic not in self._upstream:
                 subject = topic.replace("@", ".", 1)
                 try:
-                    self._upstream[topic] = await self.nats.subscribe(subject, self._on_nats)
+                    if topic.startswith(DEPTH_CHANNEL + "@"):
+                        self._upstream[topic] = await self._subscribe_depth(topic)
+                    else:
+                        self._upstream[topic] = await self.nats.subscribe(subject, self._on_nats)
                 except Exception as exc:  # the NATS client is closed: only at shutdown
                     log.warning("nats subscribe failed", topic=topic, error=repr(exc))
                     self.hub.mark_changed(topic)  # the next change tries again
@@ -560,10 +584,37 @@ class Gateway:
     async def _on_nats(self, subject: str, payload: bytes) -> None:
         self.hub.publish(subject.replace(".", "@", 1), payload)
 
+    async def _subscribe_depth(self, topic: str) -> _Subscriptions:
+        """``depth@S``: the deltas, and the full views a chain starts from (DESIGN §10)."""
+        symbol = topic.partition("@")[2]
+
+        async def on_view(_subject: str, payload: bytes) -> None:
+            self._depth(topic, payload, is_delta=False)
+
+        async def on_delta(_subject: str, payload: bytes) -> None:
+            self._depth(topic, payload, is_delta=True)
+
+        return _Subscriptions(
+            await self.nats.subscribe(f"delta.orderbook.{symbol}", on_delta),
+            await self.nats.subscribe(f"orderbook.{symbol}", on_view),
+        )
+
+    def _depth(self, topic: str, payload: bytes, is_delta: bool) -> None:
+        try:
+            self.hub.publish_depth(topic, payload, is_delta)
+        except BadDepthMessage as exc:
+            BAD_INPUT.labels("gateway", "bad_book").inc()
+            log.warning("bad book message", error=str(exc))
+
     async def _offer_cached(self, topic: str) -> None:
         if self.cache is None:
             return
         channel, _, symbol = topic.partition("@")
+        if channel == DEPTH_CHANNEL:
+            task = asyncio.get_running_loop().create_task(self._offer_cached_depth(topic, symbol))
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
+            return
         if topic == MARKETS_SNAPSHOT:
             pairs = await self.cache.hgetall(MARKETS_HASH)
             value = json_object_from_pairs(pairs) if pairs else None
@@ -573,6 +624,17 @@ class Gateway:
             value = await self.cache.get_value(ticker_key(symbol))
         if value is not None:
             self.hub.publish(topic, value, from_cache=True)
+
+    async def _offer_cached_depth(self, topic: str, symbol: str) -> None:
+        """A ``depth@`` chain starts from Redis only for a quiet pair: the cached book is up to
+        the orderbook's cache period old, and the deltas since then are gone, so a busy pair
+        starts from its next full view on NATS instead (one interval away)."""
+        await asyncio.sleep(DEPTH_CACHE_AFTER_SECONDS)
+        if self.cache is None or not self.hub.depth_waiting(topic):
+            return
+        value = await self.cache.get_value(orderbook_key(symbol))
+        if value is not None:
+            self._depth(topic, value, is_delta=False)
 
     async def _send_recent_trades(self, client: ClientConnection, topic: str) -> None:
         symbol = topic.partition("@")[2]

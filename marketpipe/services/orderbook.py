@@ -10,7 +10,9 @@ A wiring of pure rooms (see docs/orderbook.md):
   priority pairs (and their resyncs) first, within the REST weight budget;
 - publishing: :class:`~marketpipe.services.publish_throttle.PublishThrottle` says which pairs are
   due; the view (spread filter, ``Depth``) is rendered at that moment, so the newest state wins;
-  only a live book is ever published; the latest message also goes to Redis;
+  only a live book is ever published; the latest message also goes to Redis; beside it, its
+  delta from the pair's previous published view on ``delta.orderbook.<SYMBOL>`` (a
+  :class:`~marketpipe.book.delta.ViewPublisher` per pair, DESIGN §10);
 - status: ``status.orderbook.<SYMBOL>`` tells syncing / live / resyncing (+ reason);
 - audit (optional): a live book against a fresh small REST snapshot at the same update id.
 """
@@ -27,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
+from marketpipe.book.delta import ViewPublisher
 from marketpipe.book.sync import (
     Action,
     BookChanged,
@@ -36,7 +39,6 @@ from marketpipe.book.sync import (
     Resync,
     StateChanged,
 )
-from marketpipe.book.view import render_view
 from marketpipe.config import Settings
 from marketpipe.exchange.messages import DepthUpdate, MarketEvent, decode_combined_depth
 from marketpipe.exchange.rest import DepthSnapshot, ExchangeError, ExchangeUnavailable
@@ -96,6 +98,7 @@ class OrderbookService:
         settings = ctx.settings
         self.ctx = ctx
         self.settings = settings
+        self.publish_deltas = settings.publish_deltas
         self.rest = make_rest(ctx)
         self.planner = SnapshotPlanner(
             weight_per_minute=self.rest.gate.budget * SNAPSHOT_BUDGET_SHARE,
@@ -124,6 +127,7 @@ class OrderbookService:
         self.audits = AuditBook()
         self.admission = SyncAdmission(ADMISSION_WINDOW)
         self._seq: dict[str, int] = {}
+        self._views: dict[str, ViewPublisher] = {}
         self._asked_limit: dict[str, int] = {}
         self._ever_live: set[str] = set()
         self._status_out: deque[tuple[str, bytes]] = deque()  # (symbol, payload)
@@ -172,10 +176,12 @@ class OrderbookService:
         return [s for s, k in self._shard.items() if k == shard]
 
     def on_term(self, term: Term) -> None:
-        # A new term restarts seq at 1 and sends every live book and status of its shard at once.
+        # A new term restarts seq at 1 and sends every live book and status of its shard at
+        # once; its deltas chain only from views it published itself.
         symbols = self._symbols_of(term.shard)
         for symbol in symbols:
             self._seq.pop(symbol, None)
+            self._views.pop(symbol, None)
         if not term.ended:
             now = time.monotonic()
             for symbol in symbols:
@@ -223,6 +229,7 @@ class OrderbookService:
         self.throttle.forget(symbol)
         self.audits.cancel(symbol)
         self._seq.pop(symbol, None)
+        self._views.pop(symbol, None)
         self._asked_limit.pop(symbol, None)
         self._ever_live.discard(symbol)
         self._set_status(symbol, "stopped", "removed", int(time.time() * 1000))
@@ -388,25 +395,43 @@ class OrderbookService:
         seq = self._seq.get(symbol, 0) + 1
         shard = self._shard[symbol]
         term = self.ctx.term_for(shard)  # the epoch in the book and the right to send it
-        payload = render_view(
+        views = self._views.get(symbol)
+        if views is None:
+            views = self._views[symbol] = ViewPublisher()
+        rendered = views.render(
             sync,
             self.book_settings.settings_for(symbol),
             seq=seq,
             epoch=term.epoch if term is not None else 0,
             shard=shard,
         )
-        if payload is None:  # the market walked beyond the book's window: never publish it short
+        if rendered is None:  # the market walked beyond the book's window: never publish it short
             self._act(symbol, sync, sync.on_window_lost())
             return
+        payload, delta = rendered
         self.throttle.sent(symbol, time.monotonic())
         try:
             sent = term is not None and self.ctx.publish(f"orderbook.{symbol}", payload, term)
         except PayloadTooLargeError:
             return  # logged and counted by the publisher
-        if sent:
+        if sent and term is not None:
             self._seq[symbol] = seq
             self._latency.observe(max(0.0, time.time() - sync.last_event_time / 1000))
             self.ctx.cache_value(orderbook_key(symbol), payload, term=term)
+            self._publish_delta(symbol, views, delta, term)
+
+    def _publish_delta(
+        self, symbol: str, views: ViewPublisher, delta: bytes | None, term: Term
+    ) -> None:
+        """The full view went out: its delta follows, in the same term (none for the first view
+        of a term), and the next delta chains from this view. With deltas off no view is chained
+        from, so none is computed."""
+        if not self.publish_deltas:
+            return
+        views.published()
+        if delta is not None:
+            with contextlib.suppress(PayloadTooLargeError):  # consumers see the gap in seq
+                self.ctx.publish(f"delta.orderbook.{symbol}", delta, term)
 
     async def _republish_status_forever(self) -> None:
         for part in itertools.cycle(range(STATUS_REPUBLISH_SLICES)):

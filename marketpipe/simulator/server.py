@@ -54,6 +54,7 @@ from marketpipe.simulator.protocol import (
     stream_names,
     text_frame_header,
 )
+from marketpipe.simulator.source import ExchangeSource
 
 log = get_logger("marketpipe.simulator")
 
@@ -81,6 +82,7 @@ class SimConfig:
     max_messages_per_second: int = 5
     paused: bool = False
     faults: list[Fault] = field(default_factory=list)
+    source: ExchangeSource | None = None  # serve this market instead of the model (a replay)
 
 
 def now_ms() -> int:
@@ -170,7 +172,13 @@ class Simulator:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.market = Market.create(config.symbols, config.seed, config.levels, now_ms())
+        self.source = config.source
+        self.market = Market.create(
+            config.symbols if self.source is None else 0, config.seed, config.levels, now_ms()
+        )
+        if self.source is not None:
+            for symbol in self.source.symbols():
+                self.market.add(source_spec(symbol), now_ms())
         self.faults = FaultPlan(seed=config.seed)
         for fault in config.faults:
             self._add_fault(fault)
@@ -281,7 +289,13 @@ class Simulator:
         deadline = loop.time()
         part = 0
         while True:
-            if not self.paused:
+            if self.source is not None and not self.paused:
+                for symbol, stream, payload in self.source.due(loop.time()):
+                    if stream.endswith("@depth@100ms"):
+                        self.send_diff(symbol, stream, payload)  # faults apply as to our own
+                    else:
+                        self.publish(stream, payload)
+            elif not self.paused:
                 symbols = list(self.market.symbols.values())
                 for sym in symbols[part::SLICES]:
                     self.step_symbol(sym, now_ms())
@@ -521,7 +535,9 @@ class Simulator:
         self.status_param(request, sym)
         limit = min(5000, self.int_param(request, "limit", 100))
         stale, slow = self.faults.on_snapshot(sym.symbol)
-        book = sym.freeze()
+        book = sym.freeze() if self.source is None else self.source.book(sym.symbol)
+        if book is None:
+            raise ApiError(503, -1008, "no book yet for this symbol in the replay")
         if stale is not None:
             book = self.frozen.get(sym.symbol) or self.frozen.get(None) or book
         if slow is not None:
@@ -913,6 +929,16 @@ class Simulator:
             response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
             response.headers["X-MBX-USED-WEIGHT"] = str(used)
         return response
+
+
+def source_spec(symbol: str) -> SymbolSpec:
+    """A listing for a symbol another source serves (its model is never stepped)."""
+    quote = next(
+        (q for q in ("USDT", "USDC", "FDUSD", "BTC", "ETH", "BNB") if symbol.endswith(q)), ""
+    )
+    return SymbolSpec(
+        symbol, symbol.removesuffix(quote) or symbol, quote or "USDT", SCALE, 1000, 1000
+    )
 
 
 def _fault_error(fault: Fault) -> ApiError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -34,9 +35,12 @@ def view(sync: BookSync, pct: float, depth: int) -> dict:
 def test_message_shape_and_exact_strings() -> None:
     sync = live([("61234.01000000", "0.51200000")], [("61234.02000000", "0.00300000")])
     raw = render_view(sync, ViewSettings(35, 250), seq=3, epoch=2)
+    # DESIGN §10: the checksum of the view's best 25 levels a side ends the message
+    crc = zlib.crc32(b"61234.01000000:0.51200000:61234.02000000:0.00300000")
     assert raw == (
         b'{"symbol":"BTCUSDT","lastUpdateId":9,"E":1765432100123,"seq":3,"epoch":2,"shard":0,'
-        b'"bids":[["61234.01000000","0.51200000"]],"asks":[["61234.02000000","0.00300000"]]}'
+        b'"bids":[["61234.01000000","0.51200000"]],"asks":[["61234.02000000","0.00300000"]],'
+        b'"checksum":%d}' % crc
     )
 
 

@@ -27,6 +27,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from marketpipe.book.delta import ViewSide, checksum
 from marketpipe.infra.local import NatsCluster, RedisServer, free_port
 from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.transport.nats import NatsClient
@@ -62,6 +63,10 @@ class Recorder:
     status_history: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     last: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_raw: dict[str, bytes] = field(default_factory=dict)
+    deltas: list[dict[str, Any]] = field(default_factory=list)
+
+    async def on_delta(self, subject: str, data: bytes) -> None:
+        self.deltas.append(orjson.loads(data))
 
     async def on_book(self, subject: str, data: bytes) -> None:
         message = orjson.loads(data)
@@ -140,6 +145,35 @@ class Rig:
             assert message["bids"] == bids, (symbol, update_id, "bids")
             assert message["asks"] == asks, (symbol, update_id, "asks")
         return len(self.recorder.books)
+
+    async def check_deltas(self) -> int:
+        """DESIGN §10: each delta, applied to the full view it chains from, gives the full view
+        of the same seq exactly, with the same checksum; every full view after a term's first
+        has its delta (which leaves the service just after it: waited for a while). Returns
+        how many deltas were checked."""
+        books = {(m["symbol"], m["epoch"], m["seq"]): m for _, m in self.recorder.books}
+        wanted = {k for k in books if k[2] > 1}
+        deadline = time.monotonic() + 5
+        while not wanted <= {(d["symbol"], d["epoch"], d["seq"]) for d in self.recorder.deltas}:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        for delta in self.recorder.deltas:
+            key = (delta["symbol"], delta["epoch"], delta["seq"])
+            if key not in books:
+                continue  # its full view is still on the way
+            full, before = books[key], books[key[0], key[1], key[2] - 1]
+            assert delta["prevUpdateId"] == before["lastUpdateId"], key
+            assert delta["lastUpdateId"] == full["lastUpdateId"], key
+            bids, asks = ViewSide(False, before["bids"]), ViewSide(True, before["asks"])
+            bids.apply(delta["bids"])
+            asks.apply(delta["asks"])
+            assert [list(lv) for lv in bids.levels()] == full["bids"], key
+            assert [list(lv) for lv in asks.levels()] == full["asks"], key
+            assert delta["checksum"] == full["checksum"] == checksum(full["bids"], full["asks"])
+        chained = {(d["symbol"], d["epoch"], d["seq"]) for d in self.recorder.deltas}
+        assert chained >= wanted, sorted(wanted - chained)[:5]
+        return len(wanted)
 
     def check_sequences(self) -> None:
         last: dict[tuple[str, int], int] = {}
@@ -252,6 +286,7 @@ async def running_rig(
     await nats.connect()
     recorder = Recorder(prefix)
     await nats.subscribe("orderbook.*", recorder.on_book)
+    await nats.subscribe("delta.orderbook.*", recorder.on_delta)
     await nats.subscribe("status.orderbook.*", recorder.on_status)
     port = free_port()
     log_path = logdir / "orderbook.log"
@@ -340,6 +375,7 @@ async def test_books_are_exact_under_every_fault(rig: Rig) -> None:
     checked = rig.check_every_book()
     assert checked > 10 * len(symbols)
     rig.check_sequences()
+    assert await rig.check_deltas() > 9 * len(symbols)
 
     # After each 429/418 (Retry-After 1 s) the service sent nothing to the exchange for 1 s. The
     # log has completion times: requests already in flight (at most 4 snapshots and 1 audit)
@@ -437,6 +473,7 @@ async def test_pairs_and_settings_change_at_runtime(rig: Rig) -> None:
     # a settings poll (1 s) and the republish
     await eventually(lambda: rig.views_are(changed), within=30)
     await rig.check_quiescent(changed)
+    await rig.check_deltas()  # across the change of Depth too
 
 
 async def test_redis_down_does_not_stop_publishing(

@@ -9,7 +9,9 @@ const state = {
   ws: null,
   markets: new Map(),   // symbol -> ticker
   chosen: null,
-  book: null,
+  book: null,          // from depth@: a snapshot, then chained deltas (docs/gateway.md)
+  resyncs: 0,
+  lastResync: "",
   trades: [],
   nextId: 1,
   retryMs: 500,
@@ -54,7 +56,7 @@ function connect() {
     state.retryMs = 500;
     setStatus("open", "live");
     send("subscribe", "markets@SNAPSHOT,markets@DATA");
-    if (state.chosen) send("subscribe", `all@${state.chosen}`);
+    if (state.chosen) send("subscribe", pairTopics(state.chosen));
   };
   ws.onmessage = (event) => onMessage(JSON.parse(event.data));
   ws.onclose = (event) => {
@@ -73,8 +75,8 @@ function onMessage(msg) {
     else for (const [s, t] of Object.entries(msg.data)) state.markets.set(s, t);
   } else if (symbol !== state.chosen) {
     return;  // late data for a pair we just left
-  } else if (channel === "orderbook") {
-    state.book = msg.data;
+  } else if (channel === "depth") {
+    onDepth(msg);
   } else if (channel === "trades") {
     state.trades.unshift(msg.data);
     state.trades.length = Math.min(state.trades.length, TRADES_KEPT);
@@ -86,13 +88,76 @@ function onMessage(msg) {
   queueRender();
 }
 
+function pairTopics(symbol) {
+  return ["depth", "trades", "tickers", "snapshot_trades"].map((c) => `${c}@${symbol}`).join(",");
+}
+
+// DESIGN §10: crc32 of "bid0:ask0:bid1:ask1:..." (price:quantity) over the best 25 levels.
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function checksum(bids, asks) {
+  const parts = [];
+  for (let i = 0; i < 25 && (i < bids.length || i < asks.length); i++) {
+    if (i < bids.length) parts.push(`${bids[i][0]}:${bids[i][1]}`);
+    if (i < asks.length) parts.push(`${asks[i][0]}:${asks[i][1]}`);
+  }
+  let crc = 0xffffffff;
+  for (const byte of new TextEncoder().encode(parts.join(":"))) {
+    crc = CRC_TABLE[(crc ^ byte) & 0xff] ^ (crc >>> 8);
+  }
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+// Set each changed level ("0" removes it), keeping the side sorted best first.
+function applyLevels(levels, changes, better) {
+  const side = new Map(levels.map(([p, q]) => [Number(p), [p, q]]));
+  for (const [p, q] of changes) {
+    if (q === "0") side.delete(Number(p));
+    else side.set(Number(p), [p, q]);
+  }
+  return [...side.entries()].sort((a, b) => better(a[0], b[0])).map(([, level]) => level);
+}
+
+function resync(reason) {
+  state.resyncs += 1;
+  state.lastResync = reason;
+  state.book = null;
+  send("unsubscribe", `depth@${state.chosen}`);  // subscribing again brings a fresh snapshot
+  send("subscribe", `depth@${state.chosen}`);
+}
+
+function onDepth(msg) {
+  const data = msg.data, book = state.book;
+  if (msg.type === "snapshot") {
+    if (checksum(data.bids, data.asks) !== data.checksum) return resync("checksum failed");
+    state.book = data;
+    return;
+  }
+  if (!book) return;  // waiting for the snapshot a resync asked for
+  if (data.epoch < book.epoch || (data.epoch === book.epoch && data.seq <= book.seq)) return;
+  if (data.epoch !== book.epoch || data.seq !== book.seq + 1 || data.prevUpdateId !== book.lastUpdateId) {
+    return resync("chain broken");
+  }
+  const next = {
+    ...data,
+    bids: applyLevels(book.bids, data.bids, (a, b) => b - a),
+    asks: applyLevels(book.asks, data.asks, (a, b) => a - b),
+  };
+  if (checksum(next.bids, next.asks) !== data.checksum) return resync("checksum failed");
+  state.book = next;
+}
+
 function choose(symbol) {
   if (symbol === state.chosen) return;
-  if (state.chosen) send("unsubscribe", `all@${state.chosen}`);
+  if (state.chosen) send("unsubscribe", pairTopics(state.chosen));
   state.chosen = symbol;
   state.book = null;
   state.trades = [];
-  send("subscribe", `all@${symbol}`);
+  send("subscribe", pairTopics(symbol));
   $("pair-title").textContent = symbol;
   queueRender();
 }
@@ -167,7 +232,11 @@ function renderBook() {
   $("asks").replaceChildren(...rows.slice(0, asks.length));
   $("bids").replaceChildren(...rows.slice(asks.length));
   const waiting = state.chosen ? "waiting for a synced book…" : "";
-  $("book-meta").textContent = book ? `update ${book.lastUpdateId} · seq ${book.seq}${publisher(book)}` : waiting;
+  const meta = book
+    ? `update ${book.lastUpdateId} · seq ${book.seq} · checksum ok${publisher(book)}`
+    : waiting;
+  const resynced = state.resyncs ? ` · ${state.lastResync}: resynced (${state.resyncs})` : "";
+  $("book-meta").textContent = meta + resynced;
 }
 
 // Who published this book: its shard, and the instance leading it (from /status).
