@@ -29,6 +29,17 @@ from marketpipe.exchange.weights import (
 from marketpipe.logs import get_logger
 from marketpipe.ops.metrics import BAD_INPUT
 from marketpipe.simulator.faults import Fault, FaultError, FaultPlan, parse_fault
+from marketpipe.simulator.history import (
+    AVG_PRICE_MINUTES,
+    HOUR,
+    KLINE_INTERVALS,
+    avg_price_event,
+    kline_event,
+    kline_row,
+    parse_time_zone,
+    parse_window,
+    window_ticker,
+)
 from marketpipe.simulator.market import (
     ALL_STATUSES,
     SCALE,
@@ -40,20 +51,30 @@ from marketpipe.simulator.market import (
     encode_agg_trade,
     encode_trade,
     fmt,
-    parse_units,
+    rest_agg_trade,
     rest_trade,
 )
 from marketpipe.simulator.protocol import (
+    AGG_TRADES_WEIGHT,
     ALL_MINI_TICKERS,
+    AVG_PRICE_WEIGHT,
+    HISTORICAL_TRADES_WEIGHT,
+    KLINES_WEIGHT,
     MAX_STREAMS,
+    MAX_WINDOW_SYMBOLS,
     ControlSession,
     InvalidStream,
     MessageRate,
+    PeriodicStream,
     WeightLimiter,
     canonical_stream,
+    periodic_stream,
     stream_names,
     text_frame_header,
+    url_streams,
+    window_ticker_weight,
 )
+from marketpipe.simulator.units import parse_units
 
 log = get_logger("marketpipe.simulator")
 
@@ -176,10 +197,13 @@ class Simulator:
             self._add_fault(fault)
         self.limiter = WeightLimiter(config.weight_limit, config.ban_seconds)
         self.paused = config.paused
-        self.streams: dict[str, set[Connection]] = {}
+        # stream as fed (``canonical_stream``) -> subscriber -> the names it subscribed it as
+        self.streams: dict[str, dict[Connection, list[str]]] = {}
+        self.periodic: dict[str, PeriodicStream] = {}  # subscribed @kline_.. and @avgPrice
+        self.kline_opens: dict[str, int] = {}  # kline stream -> open time of the kline last sent
         self.connections: set[Connection] = set()
         self.names: dict[str, dict[str, str]] = {}
-        self.stream_prefix: dict[str, bytes] = {}  # stream -> b'{"stream":"<name>","data":'
+        self.stream_prefix: dict[str, bytes] = {}  # name -> b'{"stream":"<name>","data":'
         self.held: dict[str, bytes] = {}  # a diff kept back by a reorder fault
         self.depth_1s: dict[str, Diff] = {}  # symbol -> this second's changes, for @depth
         self.frozen: dict[str | None, FrozenBook | None] = {}  # stale snapshots by symbol
@@ -245,27 +269,32 @@ class Simulator:
             self.publish(stream, held)
 
     def publish(self, stream: str, payload: bytes) -> None:
-        """Send an event to every subscriber, framed once as a raw and once as a combined
-        stream message."""
-        conns = self.streams.get(stream)
-        if not conns:
+        """Send an event to every subscriber, framed once as a raw message and once per name it
+        was subscribed as for combined-stream subscribers (which get it wrapped in that name)."""
+        subscribers = self.streams.get(stream)
+        if not subscribers:
             return
-        raw = wrapped = b""
-        for conn in conns:
+        raw = b""
+        wrapped: dict[str, bytes] = {}
+        for conn, names in subscribers.items():
             if conn.session.combined:
-                if not wrapped:
-                    prefix = self.stream_prefix.get(stream)
-                    if prefix is None:
-                        prefix = self.stream_prefix[stream] = b'{"stream":"%s","data":' % (
-                            stream.encode()
-                        )
-                    wrapped = prefix + payload + b"}"
-                    wrapped = text_frame_header(len(wrapped)) + wrapped
-                conn.push_frame(wrapped)
+                for name in names:
+                    frame = wrapped.get(name)
+                    if frame is None:
+                        frame = wrapped[name] = self._wrap(name, payload)
+                    conn.push_frame(frame)
             else:
                 if not raw:
                     raw = text_frame_header(len(payload)) + payload
-                conn.push_frame(raw)
+                for _ in names:
+                    conn.push_frame(raw)
+
+    def _wrap(self, name: str, payload: bytes) -> bytes:
+        prefix = self.stream_prefix.get(name)
+        if prefix is None:
+            prefix = self.stream_prefix[name] = b'{"stream":"%s","data":' % name.encode()
+        message = prefix + payload + b"}"
+        return text_frame_header(len(message)) + message
 
     def step_all(self, ticks: int = 1) -> None:
         """Advance every symbol ``ticks`` diff intervals at once (manual clock)."""
@@ -295,7 +324,7 @@ class Simulator:
             await asyncio.sleep(max(0.0, delay))
 
     async def every_second(self) -> None:
-        """1000 ms streams: @depth, @ticker, @miniTicker, !miniTicker@arr."""
+        """1000 ms streams: @depth, @ticker, @miniTicker, !miniTicker@arr, @avgPrice, klines."""
         while True:
             await asyncio.sleep(1.0 - (time.time() % 1.0))
             self.flush_second(now_ms())
@@ -322,20 +351,50 @@ class Simulator:
             sym.changed_since_ticker = False
         if want_all and changed:
             self.publish(ALL_MINI_TICKERS, orjson.dumps(changed))
+        self.flush_periodic(now)
+
+    def flush_periodic(self, now: int) -> None:
+        """@avgPrice every second, @kline_<interval> every 2 s (1s: every second)."""
+        second = now // 1000
+        for stream, periodic in self.periodic.items():
+            sym = self.market.symbols.get(periodic.symbol)
+            if second % periodic.seconds or sym is None or sym.status != "TRADING":
+                continue
+            history = sym.history
+            if periodic.interval is None:
+                event = avg_price_event(sym.symbol, *history.avg_price(now), now)
+                self.publish(stream, orjson.dumps(event))
+                continue
+            width = KLINE_INTERVALS[periodic.interval]
+            previous = self.kline_opens.get(stream)
+            for bar, closed in history.kline_update(width, now, previous, periodic.offset):
+                event = kline_event(sym.symbol, periodic.interval, bar, closed, now)
+                self.publish(stream, orjson.dumps(event))
+                self.kline_opens[stream] = bar.open_time
 
     # -- subscriptions -------------------------------------------------------------------------
 
     def subscribe(self, conn: Connection, names: list[str]) -> None:
         for name in names:
-            self.streams.setdefault(name, set()).add(conn)
+            stream = canonical_stream(name)
+            self.streams.setdefault(stream, {}).setdefault(conn, []).append(name)
+            periodic = periodic_stream(stream)
+            if periodic is not None:
+                self.periodic[stream] = periodic
 
     def unsubscribe(self, conn: Connection, names: list[str]) -> None:
         for name in names:
-            subscribers = self.streams.get(name)
-            if subscribers is not None:
-                subscribers.discard(conn)
+            stream = canonical_stream(name)
+            subscribers = self.streams.get(stream, {})
+            aliases = subscribers.get(conn, [])
+            if name in aliases:
+                aliases.remove(name)
+                if not aliases:
+                    del subscribers[conn]
                 if not subscribers:
-                    del self.streams[name]
+                    del self.streams[stream]
+                    self.periodic.pop(stream, None)
+                    self.kline_opens.pop(stream, None)
 
     def matching(self, symbol: str | None) -> list[Connection]:
         if symbol is None:
@@ -344,26 +403,26 @@ class Simulator:
         return [
             c
             for c in self.connections
-            if any(s.startswith(prefix) for s in c.session.subscriptions)
+            if any(s.lower().startswith(prefix) for s in c.session.subscriptions)
         ]
 
     # -- WebSocket -----------------------------------------------------------------------------
 
     async def ws_raw(self, request: web.Request) -> web.StreamResponse:
-        tail = request.match_info.get("streams", "")
-        return await self._serve_ws(request, [s for s in tail.split("/") if s], combined=False)
+        return await self._serve_ws(request, url_streams(request.match_info.get("streams", "")))
 
     async def ws_combined(self, request: web.Request) -> web.StreamResponse:
-        raw = request.query.get("streams", "")
-        return await self._serve_ws(request, [s for s in raw.split("/") if s], combined=True)
-
-    async def _serve_ws(
-        self, request: web.Request, requested: list[str], combined: bool
-    ) -> web.StreamResponse:
+        requested = [s for s in request.query.get("streams", "").split("/") if s]
         try:
-            names = list(dict.fromkeys(canonical_stream(n) for n in requested))
+            for name in requested:
+                canonical_stream(name)
         except InvalidStream as exc:
             raise ApiError(400, -1100, f"Invalid stream name: {exc}") from None
+        return await self._serve_ws(request, list(dict.fromkeys(requested)), combined=True)
+
+    async def _serve_ws(
+        self, request: web.Request, names: list[str], combined: bool = False
+    ) -> web.StreamResponse:
         if len(names) > self.config.max_streams:
             raise ApiError(400, -1101, f"Too many streams: at most {self.config.max_streams}")
         ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024)
@@ -481,7 +540,35 @@ class Simulator:
             raise ApiError(
                 400, -1100, "Illegal characters found in parameter 'symbols'; expected a JSON array"
             )
+        if len(set(names)) < len(names):
+            raise ApiError(400, -1151, "Symbol is present multiple times in the list.")
         return [self.lookup(n) for n in names]
+
+    def chosen_symbols(
+        self, request: web.Request
+    ) -> tuple[SymbolMarket | None, list[SymbolMarket]]:
+        """(``symbol``, or None and the ``symbols`` or else all of them, without those whose
+        status differs from ``symbolStatus``); a single symbol of another status is -1220."""
+        if "symbol" in request.query and "symbols" in request.query:
+            raise ApiError(400, -1128, "Combination of optional parameters invalid.")
+        one = self.symbol_param(request, required=False)
+        if one is not None:
+            self.status_param(request, one)
+            return one, [one]
+        many = self.symbols_param(request) or list(self.market.symbols.values())
+        wanted = request.query.get("symbolStatus")
+        return None, [s for s in many if wanted in (None, s.status)]
+
+    @staticmethod
+    def symbol_count(request: web.Request) -> int | None:
+        """How many symbols a request names (for its weight): None for all."""
+        if "symbol" in request.query:
+            return 1
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+            names = orjson.loads(request.query.get("symbols", ""))
+            if isinstance(names, list):
+                return len(names)
+        return None
 
     @staticmethod
     def check_params(request: web.Request, allowed: set[str]) -> None:
@@ -490,6 +577,21 @@ class Simulator:
                 raise ApiError(400, -1103, "An unknown parameter was sent.")
             if len(request.query.getall(key)) > 1:
                 raise ApiError(400, -1101, "Duplicate values for a parameter detected.")
+
+    @staticmethod
+    def long_param(request: web.Request, name: str) -> int | None:
+        """An optional non-negative integer (an id or a time in ms)."""
+        raw = request.query.get(name)
+        if raw is None:
+            return None
+        if not raw.isdigit() or len(raw) > 19:
+            raise ApiError(
+                400,
+                -1100,
+                f"Illegal characters found in parameter '{name}'; "
+                "legal range is '^[0-9]{1,19}$'.",
+            )
+        return int(raw)
 
     @staticmethod
     def int_param(request: web.Request, name: str, default: int) -> int:
@@ -609,6 +711,111 @@ class Simulator:
         limit = min(1000, self.int_param(request, "limit", 500))
         recent = sym.trades.last(limit)
         return _json([rest_trade(t) for t in recent])
+
+    async def historical_trades(self, request: web.Request) -> web.Response:
+        self.charge(request, HISTORICAL_TRADES_WEIGHT)
+        self.check_params(request, {"symbol", "limit", "fromId"})
+        sym = self.symbol_param(request)
+        assert sym is not None
+        limit = min(1000, self.int_param(request, "limit", 500))
+        chosen = sym.history.select(limit, from_id=self.long_param(request, "fromId"))
+        return _json([rest_trade(t) for t in chosen])
+
+    async def agg_trades(self, request: web.Request) -> web.Response:
+        self.charge(request, AGG_TRADES_WEIGHT)
+        self.check_params(request, {"symbol", "fromId", "startTime", "endTime", "limit"})
+        sym = self.symbol_param(request)
+        assert sym is not None
+        limit = min(1000, self.int_param(request, "limit", 500))
+        start, end = self.long_param(request, "startTime"), self.long_param(request, "endTime")
+        if start is not None and end is not None and end - start > HOUR:
+            raise ApiError(400, -1127, "More than 1 hours between startTime and endTime.")
+        chosen = sym.history.select(limit, self.long_param(request, "fromId"), start, end)
+        return _json([rest_agg_trade(t) for t in chosen])
+
+    async def avg_price(self, request: web.Request) -> web.Response:
+        self.charge(request, AVG_PRICE_WEIGHT)
+        self.check_params(request, {"symbol"})
+        sym = self.symbol_param(request)
+        assert sym is not None
+        price, close_time = sym.history.avg_price(now_ms())
+        return _json({"mins": AVG_PRICE_MINUTES, "price": fmt(price), "closeTime": close_time})
+
+    async def klines(self, request: web.Request) -> web.Response:
+        self.charge(request, KLINES_WEIGHT)
+        self.check_params(
+            request, {"symbol", "interval", "startTime", "endTime", "timeZone", "limit"}
+        )
+        sym = self.symbol_param(request)
+        assert sym is not None
+        interval = request.query.get("interval")
+        if not interval:
+            raise ApiError(
+                400,
+                -1102,
+                "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.",
+            )
+        if interval not in KLINE_INTERVALS:
+            raise ApiError(400, -1120, "Invalid interval.")
+        try:
+            offset = parse_time_zone(request.query.get("timeZone", "0"))
+        except ValueError:
+            raise ApiError(400, -1130, "Data sent for parameter 'timeZone' is not valid.") from None
+        bars = sym.history.klines(
+            KLINE_INTERVALS[interval],
+            now_ms(),
+            min(1000, self.int_param(request, "limit", 500)),
+            start=self.long_param(request, "startTime"),
+            end=self.long_param(request, "endTime"),
+            offset=offset,
+        )
+        return _json([kline_row(b) for b in bars])
+
+    async def book_ticker(self, request: web.Request) -> web.Response:
+        self.charge(request, 2 if "symbol" in request.query else 4)
+        self.check_params(request, {"symbol", "symbols", "symbolStatus"})
+        one, chosen = self.chosen_symbols(request)
+        if one is not None:
+            return _json(one.book_ticker())
+        return _json([s.book_ticker() for s in chosen])
+
+    async def price_ticker(self, request: web.Request) -> web.Response:
+        self.charge(request, 2 if "symbol" in request.query else 4)
+        self.check_params(request, {"symbol", "symbols", "symbolStatus"})
+        one, chosen = self.chosen_symbols(request)
+        if one is not None:
+            return _json({"symbol": one.symbol, "price": fmt(one.stats.last)})
+        return _json([{"symbol": s.symbol, "price": fmt(s.stats.last)} for s in chosen])
+
+    async def window_ticker(self, request: web.Request) -> web.Response:
+        self.charge(request, window_ticker_weight(self.symbol_count(request) or 1))
+        self.check_params(request, {"symbol", "symbols", "windowSize", "type", "symbolStatus"})
+        if "symbol" not in request.query and "symbols" not in request.query:
+            raise ApiError(
+                400,
+                -1102,
+                "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+            )
+        kind = request.query.get("type", "FULL")
+        if kind not in ("FULL", "MINI"):
+            raise ApiError(400, -1139, "Invalid ticker type.")
+        try:
+            size = parse_window(request.query.get("windowSize", "1d"))
+        except ValueError:
+            raise ApiError(
+                400, -1130, "Data sent for parameter 'windowSize' is not valid."
+            ) from None
+        if (self.symbol_count(request) or 0) > MAX_WINDOW_SYMBOLS:
+            raise ApiError(
+                400,
+                -1101,
+                "Too many values sent for parameter 'symbols', maximum allowed up to "
+                f"{MAX_WINDOW_SYMBOLS}.",
+            )
+        one, chosen = self.chosen_symbols(request)
+        now = now_ms()
+        tickers = [window_ticker(s.symbol, s.history.window(size, now), kind) for s in chosen]
+        return _json(tickers[0] if one is not None else tickers)
 
     async def ping(self, request: web.Request) -> web.Response:
         self.charge(request, 1)
@@ -833,6 +1040,14 @@ class Simulator:
                 get("/api/v3/exchangeInfo", self.exchange_info),
                 get("/api/v3/ticker/24hr", self.ticker_24hr),
                 get("/api/v3/trades", self.trades),
+                get("/api/v3/historicalTrades", self.historical_trades),
+                get("/api/v3/aggTrades", self.agg_trades),
+                get("/api/v3/avgPrice", self.avg_price),
+                get("/api/v3/klines", self.klines),
+                get("/api/v3/uiKlines", self.klines),
+                get("/api/v3/ticker/bookTicker", self.book_ticker),
+                get("/api/v3/ticker/price", self.price_ticker),
+                get("/api/v3/ticker", self.window_ticker),
                 get("/api/v3/ping", self.ping),
                 get("/api/v3/time", self.server_time),
                 get("/ws", self.ws_raw),
