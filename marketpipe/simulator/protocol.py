@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,16 @@ def url_streams(path: str) -> list[str]:
             canonical_stream(name)
             names.append(name)
     return list(dict.fromkeys(names))
+
+
+def query_streams(raw_query: str) -> list[str]:
+    """The names in ``streams=a/b/c`` of a still-encoded query string. A ``+`` stays a plus
+    (``@kline_1h@+08:00``), unlike form decoding, which reads it as a space."""
+    for part in raw_query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "streams":
+            return [name for name in urllib.parse.unquote(value).split("/") if name]
+    return []
 
 
 @dataclass(frozen=True)

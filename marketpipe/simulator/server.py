@@ -69,6 +69,7 @@ from marketpipe.simulator.protocol import (
     WeightLimiter,
     canonical_stream,
     periodic_stream,
+    query_streams,
     stream_names,
     text_frame_header,
     url_streams,
@@ -412,7 +413,7 @@ class Simulator:
         return await self._serve_ws(request, url_streams(request.match_info.get("streams", "")))
 
     async def ws_combined(self, request: web.Request) -> web.StreamResponse:
-        requested = [s for s in request.query.get("streams", "").split("/") if s]
+        requested = query_streams(request.rel_url.raw_query_string)
         try:
             for name in requested:
                 canonical_stream(name)
