@@ -177,8 +177,7 @@ class Bar:
         self.count += 1
 
     def merge(self, later: Bar) -> None:
-        """Fold in the bar that follows this one."""
-        self.close_time = later.close_time
+        """Fold in the trades of a bar that follows this one (the times stay this bar's)."""
         if not later.count:
             return
         if self.count:
@@ -197,7 +196,9 @@ class Bar:
 class Candles:
     """Buckets of ``width`` ms (bucket ``b`` covers ``[b*width, (b+1)*width)``), the last
     ``capacity`` of them, in flat arrays that grow to ``capacity`` and then wrap (~80 bytes a
-    bucket). A bucket without trades holds the close before it as every price."""
+    bucket). A bucket without trades holds the close before it as every price. Each bucket
+    that is complete (a later one has opened) is also added to ``rollup``, a coarser ring that
+    so lacks only the newest bucket: one update a trade instead of one per ring."""
 
     __slots__ = (
         "capacity",
@@ -210,14 +211,17 @@ class Candles:
         "low",
         "open",
         "quote",
+        "rollup",
         "taker_quote",
         "taker_volume",
         "volume",
         "width",
     )
 
-    def __init__(self, width: int, capacity: int, listed: int, price: int) -> None:
-        self.width, self.capacity = width, capacity
+    def __init__(
+        self, width: int, capacity: int, listed: int, price: int, rollup: Candles | None = None
+    ) -> None:
+        self.width, self.capacity, self.rollup = width, capacity, rollup
         self.first = self.last = listed // width  # the listing's bucket; the newest bucket
         self.open, self.high, self.low, self.close = (array("q", [price]) for _ in range(4))
         self.volume, self.quote, self.taker_volume, self.taker_quote, self.count = (
@@ -240,7 +244,10 @@ class Candles:
 
     def _advance(self, bucket: int) -> None:
         """Open the buckets after the newest up to ``bucket``, each empty at the last close."""
-        carried = self.close[self._slot(self.last)]
+        newest = self._slot(self.last)
+        if self.rollup is not None and self.count[newest]:
+            self.rollup.add_bar(self.newest())
+        carried = self.close[newest]
         prices = (self.open, self.high, self.low, self.close)
         sums = (self.volume, self.quote, self.taker_volume, self.taker_quote, self.count)
         size = len(self.count)
@@ -265,31 +272,45 @@ class Candles:
         self,
         time: int,
         prices: tuple[int, int, int, int],
-        volume: int,
-        quote: int,
-        taker_buys: bool,
+        volumes: tuple[int, int, int, int],
         count: int,
         first_id: int,
     ) -> None:
-        """``count`` trades at ``time`` with (first, high, low, last) ``prices``; a clock that
-        stepped back lands them in the newest bucket."""
-        bucket = time // self.width
-        if bucket > self.last:
-            self._advance(bucket)
-        i = self._slot(self.last)
+        """``count`` trades (ids from ``first_id``) at ``time`` with (first, high, low, last)
+        ``prices`` and (volume, quote volume, taker-bought volume and quote) ``volumes``; a
+        clock that stepped back lands them in the newest bucket."""
+        if time // self.width > self.last:
+            self._advance(time // self.width)
+        i = (self.last - self.first) % self.capacity
         first, high, low, last = prices
+        volume, quote, taker_volume, taker_quote = volumes
         if self.count[i]:
-            self.high[i] = max(self.high[i], high)
-            self.low[i] = min(self.low[i], low)
+            if high > self.high[i]:
+                self.high[i] = high
+            if low < self.low[i]:
+                self.low[i] = low
         else:
             self.open[i], self.high[i], self.low[i], self.first_id[i] = first, high, low, first_id
         self.close[i] = last
         self.volume[i] += volume
         self.quote[i] += quote
-        if taker_buys:
-            self.taker_volume[i] += volume
-            self.taker_quote[i] += quote
+        if taker_volume:
+            self.taker_volume[i] += taker_volume
+            self.taker_quote[i] += taker_quote
         self.count[i] += count
+
+    def add_bar(self, bar: Bar) -> None:
+        self.add(
+            bar.open_time,
+            (bar.open, bar.high, bar.low, bar.close),
+            (bar.volume, bar.quote_volume, bar.taker_volume, bar.taker_quote),
+            bar.count,
+            bar.first_id,
+        )
+
+    def newest(self) -> Bar:
+        """The newest bucket (the one not yet in ``rollup``)."""
+        return self._bar(self.last)
 
     def _bar(self, bucket: int) -> Bar:
         start = bucket * self.width
@@ -322,9 +343,6 @@ class Candles:
             out.merge(self._bar(bucket))
         out.open_time, out.close_time = start, end
         return out
-
-    def bars(self, bounds: list[tuple[int, int]]) -> list[Bar]:
-        return [self.span(start, end) for start, end in bounds]
 
 
 def parse_time_zone(text: str) -> int:
@@ -378,8 +396,8 @@ class TradeHistory:
         self.listed = listed
         self.initial_price = price  # the last price before any trade
         self.trades = TradeLog()
-        self.minutes = Candles(MINUTE, MINUTE_BUCKETS, listed, price)
         self.hours = Candles(HOUR, HOUR_BUCKETS, listed, price)
+        self.minutes = Candles(MINUTE, MINUTE_BUCKETS, listed, price, rollup=self.hours)
 
     def record(self, sweep: list[Trade]) -> None:
         """The fills of one taker order: same time, same side, each further from the spread
@@ -392,8 +410,8 @@ class TradeHistory:
             quote += trade.price * trade.qty // SCALE
         head, tail = sweep[0], sweep[-1]
         prices = (head.price, max(head.price, tail.price), min(head.price, tail.price), tail.price)
-        for candles in (self.minutes, self.hours):
-            candles.add(head.time, prices, volume, quote, not head.buyer_maker, len(sweep), head.id)
+        taken = (volume, quote) if not head.buyer_maker else (0, 0)
+        self.minutes.add(head.time, prices, (volume, quote, *taken), len(sweep), head.id)
 
     def select(
         self,
@@ -490,7 +508,20 @@ class TradeHistory:
         if not opens:
             return []
         bounds = [(t, kline_next(t, width, offset) - 1) for t in opens]
-        return self._trade_bars(bounds) if candles is None else candles.bars(bounds)
+        if candles is None:
+            return self._trade_bars(bounds)
+        return [self._span(candles, start, end) for start, end in bounds]
+
+    def _span(self, candles: Candles, start: int, end: int) -> Bar:
+        """``candles.span``, with the newest minute added to hours (which lack it)."""
+        bar = candles.span(start, end)
+        pending = self.minutes.newest()
+        if candles is self.hours and pending.count:
+            if start <= pending.open_time <= end:
+                bar.merge(pending)
+            elif pending.open_time < start:  # nothing traded since: its close carries on
+                bar.open = bar.high = bar.low = bar.close = pending.close
+        return bar
 
     def kline_update(
         self, width: int, now: int, previous_open: int | None, offset: int = 0
@@ -516,9 +547,7 @@ class TradeHistory:
             start = -(-start // HOUR) * HOUR
             complete = candles.complete_from
             start = max(start, complete if complete is not None else start)
-        bar = candles.span(start, now)
-        bar.open_time, bar.close_time = start, now
-        return bar
+        return self._span(candles, start, now)
 
 
 # -- Binance's shapes ----------------------------------------------------------------------------

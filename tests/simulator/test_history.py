@@ -69,7 +69,7 @@ gaps = st.lists(
 sizes = st.lists(st.integers(1, 40), min_size=60, max_size=60)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     gaps=gaps,
     sizes=sizes,
