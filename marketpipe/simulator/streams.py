@@ -200,9 +200,11 @@ class StreamHub:
         if not subscribers:
             return
         raw = b""
-        wrapped: dict[str, bytes] = {}
+        wrapped: dict[str, bytes] | None = None
         for conn, names in subscribers.items():
             if conn.session.combined:
+                if wrapped is None:
+                    wrapped = {}
                 for name in names:
                     frame = wrapped.get(name)
                     if frame is None:
@@ -211,7 +213,8 @@ class StreamHub:
             else:
                 if not raw:
                     raw = text_frame_header(len(payload)) + payload
-                for _ in names:
+                conn.push_frame(raw)
+                for _ in names[1:]:  # subscribed under two names (ethusdt@depth@1000ms too)
                     conn.push_frame(raw)
 
     def _wrap(self, name: str, payload: bytes) -> bytes:
