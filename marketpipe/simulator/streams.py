@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from typing import Any
@@ -252,9 +253,13 @@ class StreamHub:
             await asyncio.sleep(max(0.0, delay))
 
     async def every_second(self) -> None:
-        """1000 ms streams: @depth, @ticker, @miniTicker, !miniTicker@arr, @avgPrice, klines."""
+        """1000 ms streams: @depth, @ticker, @miniTicker, !miniTicker@arr, @avgPrice, klines,
+        once at each whole second. (Sleeping to the next whole second from the time of waking
+        flushed twice when the sleep ended a millisecond early.)"""
+        second = math.floor(time.time())
         while True:
-            await asyncio.sleep(1.0 - (time.time() % 1.0))
+            second = max(second + 1, math.floor(time.time()))  # behind by seconds: no burst
+            await asyncio.sleep(max(0.0, second - time.time()))
             self.flush_second(now_ms())
 
     def flush_second(self, now: int) -> None:
@@ -283,7 +288,7 @@ class StreamHub:
 
     def flush_periodic(self, now: int) -> None:
         """@avgPrice every second, @kline_<interval> every 2 s (1s: every second)."""
-        second = now // 1000
+        second = (now + 500) // 1000  # the flush wakes a little before or after the second
         for stream, periodic in self.periodic.items():
             sym = self.exchange.market.symbols.get(periodic.symbol)
             if second % periodic.seconds or sym is None or sym.status != "TRADING":
