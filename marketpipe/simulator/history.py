@@ -5,8 +5,9 @@ The simulator's history starts when a symbol is listed. Three sources, each exac
 keeps: the last ``TRADE_HISTORY`` trades (``trades``, ``aggTrades``, ``historicalTrades``, 1s
 klines, ``avgPrice``), one-minute buckets of the last day (minute-based klines, rolling windows
 up to a day) and one-hour buckets of the last ``HOUR_BUCKETS`` hours (hour-and-longer klines,
-longer rolling windows). A kline or window is only ever built from one source and only where that
-source is complete, so every figure is the exact sum of the trades it covers.
+longer rolling windows; they take each minute once it is over, so a span of hours adds the
+newest minute). A kline or window is built from one source and only where that source is
+complete, so every figure is the exact sum of the trades it covers.
 
 Prices and quantities are integers in 1e-8 units (see ``market``); a bucket's quote volume is the
 sum of its trades' ``quoteQty`` (``price * qty // 1e8``), so klines add up to the trades' rows.
