@@ -25,7 +25,8 @@ from marketpipe.logs import get_logger
 from marketpipe.recording.exchange import ReplayExchange
 from marketpipe.recording.files import read_records
 from marketpipe.recording.format import Kind
-from marketpipe.simulator.server import SimConfig, Simulator
+from marketpipe.simulator.server import Simulator
+from marketpipe.simulator.state import SimConfig
 
 log = get_logger(__name__)
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-SCALE = 100_000_000  # 1e8: the unit of every price and quantity
+from marketpipe.simulator.history import Trade, TradeHistory, TradeLog
+from marketpipe.simulator.units import SCALE, fmt
+
 DAY_MS = 86_400_000
 DIFF_DEPTH_LIMIT = 5000  # diff events report changes only within the top 5000 levels a side
-TRADE_HISTORY = 1000  # trades kept per symbol (REST /trades serves at most 1000)
 ALL_STATUSES = ("TRADING", "HALT", "BREAK")
 
 BID = 0
@@ -41,24 +41,6 @@ _LEVEL = '["%d.%08d","%d.%08d"]'
 MOVE_BITS = 12  # the shared table of moves has 2**12 entries (small: it stays in cache)
 IMPROVE = 2  # a move's action (0..15): below this, a new best price inside the spread
 AMEND = 7  # from this, amend an existing level; from IMPROVE up to here, cancel it
-
-
-def fmt(units: int) -> str:
-    """Integer 1e-8 units -> Binance's fixed 8-decimal string."""
-    if units < 0:
-        return "-" + fmt(-units)
-    digits = "%09d" % units  # noqa: UP031 (the fastest form measured)
-    return digits[:-8] + "." + digits[-8:]
-
-
-def parse_units(text: str) -> int:
-    """Binance decimal string -> integer 1e-8 units (exact; more than 8 decimals is an error)."""
-    negative = text.startswith("-")
-    whole, _, frac = text.lstrip("-").partition(".")
-    if len(frac) > 8 or not (whole + frac).isdigit():
-        raise ValueError(f"not an 8-decimal number: {text!r}")
-    units = int(whole or "0") * SCALE + int(frac.ljust(8, "0"))
-    return -units if negative else units
 
 
 # Real pairs first, with plausible prices, tick sizes and lot steps (all in 1e-8 units).
@@ -157,60 +139,6 @@ class Tables:
         moves = tuple((d, rng.getrandbits(4), rng.choice(lots)) for d in distance)
         changes = [min(30, 1 + int(rng.expovariate(1 / 2.9))) for _ in range(256)]
         return cls(levels, span, moves, tuple(lots), tuple(changes))
-
-
-@dataclass(slots=True)
-class Trade:
-    id: int
-    price: int
-    qty: int
-    time: int
-    buyer_maker: bool
-
-
-class TradeLog:
-    """The last ``capacity`` trades of a symbol in flat arrays (~25 bytes a trade: thousands of
-    symbols trading for hours must not grow the process); ids are consecutive, so not stored."""
-
-    def __init__(self, capacity: int = TRADE_HISTORY) -> None:
-        self.capacity = capacity
-        self.price = array("q")
-        self.qty = array("q")
-        self.time = array("q")
-        self.buyer_maker = bytearray()
-        self.count = 0  # trades ever appended
-        self.last_id = 0
-
-    def append(self, trade: Trade) -> None:
-        if self.count < self.capacity:  # grow until full, then overwrite the oldest
-            self.price.append(trade.price)
-            self.qty.append(trade.qty)
-            self.time.append(trade.time)
-            self.buyer_maker.append(trade.buyer_maker)
-        else:
-            i = self.count % self.capacity
-            self.price[i], self.qty[i], self.time[i] = trade.price, trade.qty, trade.time
-            self.buyer_maker[i] = trade.buyer_maker
-        self.count += 1
-        self.last_id = trade.id
-
-    def __len__(self) -> int:
-        return min(self.count, self.capacity)
-
-    def last(self, n: int) -> list[Trade]:
-        """The last ``n`` trades, oldest first."""
-        n = min(n, len(self))
-        out = []
-        for k in range(self.count - n, self.count):
-            i = k % self.capacity
-            trade_id = self.last_id - (self.count - 1 - k)
-            out.append(
-                Trade(trade_id, self.price[i], self.qty[i], self.time[i], bool(self.buyer_maker[i]))
-            )
-        return out
-
-    def __iter__(self) -> Iterator[Trade]:
-        return iter(self.last(len(self)))
 
 
 @dataclass(slots=True)
@@ -377,7 +305,6 @@ class SymbolMarket:
         self.asks = SideBook(mid + 1, tables.span, wall=1 << 62)
         self.lot = max(1, min(100_000, _notional(spec.quote) * SCALE // spec.price // spec.step))
         self._seed_book()
-        self.trades = TradeLog()
         first_id = 100_000 + bits(20)
         count = 50_000 + bits(16)
         price = spec.price
@@ -399,6 +326,7 @@ class SymbolMarket:
             last_id=first_id + count - 1,
         )
         self.next_trade_id = self.stats.last_id + 1
+        self.history = TradeHistory(now_ms, self.stats.last)
         self.changed_since_ticker = False
 
     def _seed_book(self) -> None:
@@ -412,6 +340,10 @@ class SymbolMarket:
                     book.qty[book.best + d - book.base] = lots[bits(10)] * self.lot
                     book.count += 1
                     book.deep = book.best + d
+
+    @property
+    def trades(self) -> TradeLog:
+        return self.history.trades
 
     @property
     def best_bid(self) -> int:
@@ -551,7 +483,6 @@ class SymbolMarket:
         base = book.base
         tick = self.spec.tick
         step = self.spec.step
-        log = self.trades
         trade_id = self.next_trade_id
         volume = quote_volume = 0
         while remaining > 0 and book.count > 1:
@@ -570,13 +501,13 @@ class SymbolMarket:
                 book.best = i + base
             trade = Trade(trade_id, abs(u) * tick, filled * step, now_ms, not taker_buys)
             trade_id += 1
-            log.append(trade)
             out.append(trade)
             volume += trade.qty
             quote_volume += trade.price * trade.qty
         if not out:
             return 0
         self.next_trade_id = trade_id
+        self.history.record(out)
         # A sweep moves away from the spread: its last fill is both the last and the extreme price.
         s = self.stats
         last = out[-1]
@@ -634,6 +565,17 @@ class SymbolMarket:
         tick, step = self.spec.tick, self.spec.step
         (bid, bid_qty), (ask, ask_qty) = self.bids.top(), self.asks.top()
         return -bid * tick, bid_qty * step, ask * tick, ask_qty * step
+
+    def book_ticker(self) -> dict[str, str]:
+        """The REST ``ticker/bookTicker`` object."""
+        bp, bq, ap, aq = self.best()
+        return {
+            "symbol": self.symbol,
+            "bidPrice": fmt(bp),
+            "bidQty": fmt(bq),
+            "askPrice": fmt(ap),
+            "askQty": fmt(aq),
+        }
 
     def encode_book_ticker(self) -> bytes:
         bp, bq, ap, aq = self.best()
@@ -701,6 +643,20 @@ def encode_agg_trade(symbol: str, trade: Trade, now_ms: int) -> bytes:
     price, qty, tid = fmt(trade.price), fmt(trade.qty), trade.id
     maker = _JSON_BOOL[trade.buyer_maker]
     return (_AGG_TRADE % (now_ms, symbol, tid, price, qty, tid, tid, trade.time, maker)).encode()
+
+
+def rest_agg_trade(trade: Trade) -> dict[str, Any]:
+    """A REST ``aggTrades`` row: one trade per aggregate, as on the ``@aggTrade`` stream."""
+    return {
+        "a": trade.id,
+        "p": fmt(trade.price),
+        "q": fmt(trade.qty),
+        "f": trade.id,
+        "l": trade.id,
+        "T": trade.time,
+        "m": trade.buyer_maker,
+        "M": True,
+    }
 
 
 def rest_trade(trade: Trade) -> dict[str, Any]:

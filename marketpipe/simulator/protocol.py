@@ -5,8 +5,10 @@ The server shell feeds text and timestamps in and gets replies and verdicts out.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +17,12 @@ import orjson
 
 MAX_STREAMS = 1024
 
-# Streams the simulator feeds; anything else that is well formed is acknowledged and stays quiet.
+# Streams the simulator feeds as events happen or every second, besides ``@kline_<interval>``
+# and ``@avgPrice`` (see ``periodic_stream``); anything else that is well formed is acknowledged
+# and stays quiet.
 FED_KINDS = ("depth@100ms", "depth", "trade", "aggTrade", "ticker", "miniTicker", "bookTicker")
 ALL_MINI_TICKERS = "!miniTicker@arr"
+AVG_PRICE = "avgPrice"
 
 _KLINE = "1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M"
 _SYMBOL_STREAM = re.compile(
@@ -27,7 +32,9 @@ _SYMBOL_STREAM = re.compile(
     r"|ticker_(?:1h|4h|1d)|kline_(?:" + _KLINE + r")(?:@\+08:00)?)$"
 )
 _GLOBAL_STREAM = re.compile(r"^!(?:miniTicker@arr|ticker@arr|bookTicker|ticker_(?:1h|4h|1d)@arr)$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9]{1,36}$")
+# Binance: "alphanumeric strings; max length 36" -- a UUID's length: the official Spot SDK sends
+# UUIDs (hyphens included) as the ids of its control messages.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")
 _METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 
 
@@ -36,7 +43,9 @@ class InvalidStream(ValueError):
 
 
 def canonical_stream(name: str) -> str:
-    """The stream name with its symbol lower-cased; raises InvalidStream if malformed."""
+    """The stream that ``name`` subscribes to, as the simulator feeds it: the symbol lower-cased,
+    ``@depth@1000ms`` as ``@depth``; raises InvalidStream if malformed. (Events carry the name
+    as subscribed.)"""
     match = _SYMBOL_STREAM.match(name)
     if match:
         kind = match.group(2)
@@ -46,6 +55,53 @@ def canonical_stream(name: str) -> str:
     if _GLOBAL_STREAM.match(name):
         return name
     raise InvalidStream(name)
+
+
+def url_streams(path: str) -> list[str]:
+    """The well-formed stream names of a ``/ws/<name>[/<name>...]`` path, in order and once
+    each: Binance opens the connection whatever the path holds (ccxt opens ``/ws/<n>`` and then
+    subscribes), subscribing only what names a stream."""
+    names = []
+    for name in path.split("/"):
+        with contextlib.suppress(InvalidStream):
+            canonical_stream(name)
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def query_streams(raw_query: str) -> list[str]:
+    """The names in ``streams=a/b/c`` of a still-encoded query string. A ``+`` stays a plus
+    (``@kline_1h@+08:00``), unlike form decoding, which reads it as a space."""
+    for part in raw_query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "streams":
+            return [name for name in urllib.parse.unquote(value).split("/") if name]
+    return []
+
+
+@dataclass(frozen=True)
+class PeriodicStream:
+    """A stream sent every second (``@avgPrice``) or every ``seconds`` (``@kline_<interval>``:
+    2 s, 1 s for ``1s``), with its kline interval and zone offset (ms east of UTC)."""
+
+    symbol: str  # upper case, as in the events
+    interval: str | None = None
+    offset: int = 0
+
+    @property
+    def seconds(self) -> int:
+        return 1 if self.interval in (None, "1s") else 2
+
+
+def periodic_stream(canonical: str) -> PeriodicStream | None:
+    """The schedule of a canonical stream name, or None for one that is not periodic."""
+    symbol, _, kind = canonical.partition("@")
+    if kind == AVG_PRICE:
+        return PeriodicStream(symbol.upper())
+    if not kind.startswith("kline_"):
+        return None
+    interval, _, zone = kind.removeprefix("kline_").partition("@")
+    return PeriodicStream(symbol.upper(), interval, 8 * 3_600_000 if zone else 0)
 
 
 def stream_names(symbol: str) -> dict[str, str]:
@@ -82,7 +138,7 @@ class ControlResult:
 class ControlSession:
     """One connection's subscriptions and properties, changed by its control messages."""
 
-    subscriptions: dict[str, None] = field(default_factory=dict)  # ordered set
+    subscriptions: dict[str, None] = field(default_factory=dict)  # ordered set, as subscribed
     combined: bool = False
     max_streams: int = MAX_STREAMS
 
@@ -177,14 +233,15 @@ class ControlSession:
 
     @staticmethod
     def _streams(params: list[Any]) -> list[str] | None:
+        """The stream names as given (Binance echoes them so), or None if one is malformed."""
+        if not all(isinstance(p, str) for p in params):
+            return None
         try:
-            return (
-                [canonical_stream(p) for p in params if isinstance(p, str)]
-                if all(isinstance(p, str) for p in params)
-                else None
-            )
+            for name in params:
+                canonical_stream(name)
         except InvalidStream:
             return None
+        return params
 
 
 def _result(value: Any, request_id: Any) -> bytes:
@@ -201,7 +258,18 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) and bool(_REQUEST_ID.match(value))
 
 
-# -- request weight (the weights themselves: marketpipe.exchange.weights) -------------------------
+# -- request weight (those the project's client also spends: marketpipe.exchange.weights) ---------
+
+AGG_TRADES_WEIGHT = 4
+HISTORICAL_TRADES_WEIGHT = 25
+AVG_PRICE_WEIGHT = 2
+KLINES_WEIGHT = 2  # klines and uiKlines
+MAX_WINDOW_SYMBOLS = 100  # symbols in one rolling-window ticker request
+
+
+def window_ticker_weight(symbol_count: int) -> int:
+    """``/api/v3/ticker``: 4 a symbol, 200 beyond 50 symbols."""
+    return 200 if symbol_count > 50 else 4 * symbol_count
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from aiohttp import web
 from marketpipe.config import Settings
 from marketpipe.logs import get_logger
 from marketpipe.simulator.faults import FaultError, parse_fault
-from marketpipe.simulator.server import SimConfig, Simulator
+from marketpipe.simulator.server import Simulator
+from marketpipe.simulator.state import SimConfig
 
 log = get_logger("marketpipe.simulator")
 

@@ -5,16 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marketpipe.simulator.market import (
-    DIFF_DEPTH_LIMIT,
-    Market,
-    SymbolMarket,
-    Trade,
-    TradeLog,
-    fmt,
-    make_specs,
-    parse_units,
-)
+from marketpipe.simulator.history import Trade, TradeLog
+from marketpipe.simulator.market import DIFF_DEPTH_LIMIT, Market, SymbolMarket, make_specs
+from marketpipe.simulator.units import fmt, parse_units
 
 seeds = st.integers(min_value=0, max_value=2**32)
 

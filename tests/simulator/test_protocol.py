@@ -12,9 +12,14 @@ from marketpipe.simulator.protocol import (
     ControlSession,
     InvalidStream,
     MessageRate,
+    PeriodicStream,
     WeightLimiter,
     canonical_stream,
+    periodic_stream,
+    query_streams,
     text_frame_header,
+    url_streams,
+    window_ticker_weight,
 )
 
 
@@ -26,6 +31,29 @@ def test_stream_names() -> None:
     for bad in ("btcusdt", "btc usdt@trade", "btcusdt@depth@10ms", "@trade", "!nope"):
         with pytest.raises(InvalidStream):
             canonical_stream(bad)
+
+
+def test_url_stream_names() -> None:
+    assert url_streams("") == [] and url_streams("0") == []  # ccxt opens /ws/<n>
+    assert url_streams("btcusdt@trade/1/BTCUSDT@trade/btcusdt@trade") == [
+        "btcusdt@trade",
+        "BTCUSDT@trade",
+    ]
+    assert query_streams("x=1&streams=a@trade/bnbusdt@kline_1h@+08:00/b%40depth") == [
+        "a@trade",
+        "bnbusdt@kline_1h@+08:00",
+        "b@depth",
+    ]
+    assert query_streams("streams=") == [] == query_streams("")
+    assert periodic_stream("btcusdt@avgPrice") == PeriodicStream("BTCUSDT")
+    assert periodic_stream("btcusdt@kline_1m@+08:00") == PeriodicStream(
+        "BTCUSDT", "1m", 8 * 3600_000
+    )
+    assert periodic_stream("btcusdt@kline_1s") == PeriodicStream("BTCUSDT", "1s")
+    assert periodic_stream("btcusdt@kline_1s").seconds == 1  # type: ignore[union-attr]
+    assert periodic_stream("btcusdt@kline_4h").seconds == 2  # type: ignore[union-attr]
+    assert periodic_stream("btcusdt@depth") is None and periodic_stream("!miniTicker@arr") is None
+    assert [window_ticker_weight(n) for n in (1, 2, 50, 51, 100)] == [4, 8, 200, 200, 200]
 
 
 def reply(session: ControlSession, request: object) -> dict:
@@ -43,6 +71,10 @@ def test_control_session_replies() -> None:
         "a@trade",
         "b@trade",
     ]
+    uuid = "0f8e1c2a-3b4d-4e5f-9a6b-7c8d9e0f1a2b"
+    assert reply(s, {"method": "LIST_SUBSCRIPTIONS", "id": uuid})["id"] == uuid
+    assert reply(s, {"method": "LIST_SUBSCRIPTIONS", "id": "a_b"})["error"]["code"] == 2
+    assert reply(s, {"method": "LIST_SUBSCRIPTIONS", "id": "x" * 37})["error"]["code"] == 2
     too_many = reply(s, {"method": "SUBSCRIBE", "params": ["c@trade", "d@trade"], "id": 2})
     assert too_many["error"]["code"] == 2 and too_many["id"] == 2
     assert reply(s, {"method": "UNSUBSCRIBE", "params": ["a@trade"], "id": None})["result"] is None
@@ -66,6 +98,18 @@ def test_subscriptions_stay_a_set_within_the_limit(names: list[str]) -> None:
     result = s.receive(orjson.dumps({"method": "SUBSCRIBE", "params": names, "id": 1}))
     assert len(s.subscriptions) <= 2
     assert result.subscribe == list(s.subscriptions)
+
+
+def test_names_are_kept_as_subscribed() -> None:
+    s = ControlSession()
+    names = ["ethusdt@depth@1000ms", "ethusdt@depth", "BTCUSDT@trade"]
+    assert s.receive(orjson.dumps({"method": "SUBSCRIBE", "params": names, "id": 1})).subscribe == (
+        names
+    )
+    assert reply(s, {"method": "LIST_SUBSCRIPTIONS", "id": 2})["result"] == names
+    gone = s.receive(orjson.dumps({"method": "UNSUBSCRIBE", "params": ["ethusdt@depth"], "id": 3}))
+    assert gone.unsubscribe == ["ethusdt@depth"]
+    assert list(s.subscriptions) == ["ethusdt@depth@1000ms", "BTCUSDT@trade"]
 
 
 def test_weight_limit_then_ban() -> None:

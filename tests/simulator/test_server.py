@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from marketpipe.infra.simulator import SimulatorProcess
+from marketpipe.simulator.units import fmt, parse_units
 
 
 @pytest.fixture
@@ -418,3 +419,159 @@ async def test_listing_halting_and_served_documents(exchange_sim, http) -> None:
     await asyncio.to_thread(admin, "DELETE", "symbols", symbol="NEWUSDT")
     async with http.get(f"{exchange_sim.rest_url}/api/v3/depth?symbol=NEWUSDT") as resp:
         assert (await resp.json())["code"] == -1121
+
+
+async def rest(
+    http: aiohttp.ClientSession, sim: SimulatorProcess, path: str, **params: Any
+) -> tuple[int, int, Any]:
+    """(status, weight used so far this minute, decoded body) of ``GET /api/v3/<path>``."""
+    async with http.get(f"{sim.rest_url}/api/v3/{path}", params=params) as resp:
+        return resp.status, int(resp.headers["X-MBX-USED-WEIGHT-1M"]), await resp.json()
+
+
+async def test_market_data_endpoints_weights_and_errors(exchange_sim, http) -> None:
+    symbols = '["BTCUSDT","ETHUSDT"]'
+    weighed = [
+        ("aggTrades", {"symbol": "BTCUSDT"}, 4),
+        ("historicalTrades", {"symbol": "BTCUSDT"}, 25),
+        ("avgPrice", {"symbol": "BTCUSDT"}, 2),
+        ("klines", {"symbol": "BTCUSDT", "interval": "1m"}, 2),
+        ("uiKlines", {"symbol": "BTCUSDT", "interval": "1M"}, 2),
+        ("ticker/bookTicker", {"symbol": "BTCUSDT"}, 2),
+        ("ticker/bookTicker", {"symbols": symbols}, 4),
+        ("ticker/bookTicker", {}, 4),
+        ("ticker/price", {"symbol": "BTCUSDT"}, 2),
+        ("ticker/price", {}, 4),
+        ("ticker", {"symbol": "BTCUSDT"}, 4),
+        ("ticker", {"symbols": symbols, "windowSize": "15m"}, 8),
+    ]
+    _, used, _ = await rest(http, exchange_sim, "ping")
+    for path, params, weight in weighed:
+        status, now_used, _ = await rest(http, exchange_sim, path, **params)
+        assert (status, now_used - used) == (200, weight), (path, params)
+        used = now_used
+    errors = [
+        ("aggTrades", {"symbol": "BTCUSDT", "startTime": "0", "endTime": "3600001"}, -1127),
+        ("aggTrades", {"symbol": "BTCUSDT", "fromId": "x"}, -1100),
+        ("klines", {"symbol": "BTCUSDT"}, -1102),
+        ("klines", {"symbol": "BTCUSDT", "interval": "2m"}, -1120),
+        ("klines", {"symbol": "BTCUSDT", "interval": "1m", "timeZone": "15"}, -1130),
+        ("klines", {"symbol": "NOPEUSDT", "interval": "1m"}, -1121),
+        ("ticker", {}, -1102),
+        ("ticker", {"symbol": "BTCUSDT", "windowSize": "1d2h"}, -1130),
+        ("ticker", {"symbol": "BTCUSDT", "type": "HUGE"}, -1139),
+        ("ticker", {"symbols": orjson.dumps([f"S{i}USDT" for i in range(101)]).decode()}, -1101),
+        ("ticker/price", {"symbols": '["BTCUSDT","BTCUSDT"]'}, -1151),
+        ("ticker/price", {"symbol": "BTCUSDT", "symbols": symbols}, -1128),
+        ("ticker/bookTicker", {"symbol": "BTCUSDT", "symbolStatus": "HALT"}, -1220),
+    ]
+    for path, params, code in errors:
+        status, _, body = await rest(http, exchange_sim, path, **params)
+        assert (status, body["code"]) == (400, code), (path, params)
+    _, _, halted = await rest(http, exchange_sim, "ticker/price", symbolStatus="HALT")
+    assert halted == []
+
+
+async def test_klines_windows_and_average_add_up_to_the_trades(exchange_sim, http) -> None:
+    await asyncio.to_thread(exchange_sim.pause)
+    await asyncio.to_thread(exchange_sim.step, 200)
+    _, _, trades = await rest(http, exchange_sim, "aggTrades", symbol="ETHUSDT", limit=1000)
+    assert 0 < len(trades) < 1000, "every trade since listing is kept"
+    volume = sum(parse_units(t["q"]) for t in trades)
+    quote = sum(parse_units(t["p"]) * parse_units(t["q"]) // 10**8 for t in trades)
+    for interval in ("1s", "1m", "15m", "1h", "1d", "1w", "1M"):
+        _, _, rows = await rest(
+            http, exchange_sim, "klines", symbol="ETHUSDT", interval=interval, limit=1000
+        )
+        assert sum(r[8] for r in rows) == len(trades), interval
+        assert sum(parse_units(r[5]) for r in rows) == volume
+        assert sum(parse_units(r[7]) for r in rows) == quote
+        assert rows[-1][4] == trades[-1]["p"] and all(len(r) == 12 for r in rows)
+    taker = [t for t in trades if not t["m"]]
+    _, _, rows = await rest(http, exchange_sim, "klines", symbol="ETHUSDT", interval="1h")
+    assert parse_units(rows[-1][9]) == sum(parse_units(t["q"]) for t in taker)
+    _, _, window = await rest(http, exchange_sim, "ticker", symbol="ETHUSDT", windowSize="1h")
+    assert (window["firstId"], window["lastId"], window["count"]) == (
+        trades[0]["a"],
+        trades[-1]["a"],
+        len(trades),
+    )
+    assert parse_units(window["volume"]) == volume and window["openTime"] % 60_000 == 0
+    _, _, mini = await rest(
+        http, exchange_sim, "ticker", symbols='["ETHUSDT"]', windowSize="1h", type="MINI"
+    )
+    assert set(mini[0]) == set(window) - {"priceChange", "priceChangePercent", "weightedAvgPrice"}
+    _, _, avg = await rest(http, exchange_sim, "avgPrice", symbol="ETHUSDT")
+    weighted = sum(parse_units(t["p"]) * parse_units(t["q"]) for t in trades) // volume
+    assert avg == {"mins": 5, "price": fmt(weighted), "closeTime": trades[-1]["T"]}
+    _, _, page = await rest(
+        http, exchange_sim, "aggTrades", symbol="ETHUSDT", fromId=trades[3]["a"], limit=2
+    )
+    assert page == trades[3:5]
+    _, _, timed = await rest(
+        http, exchange_sim, "aggTrades", symbol="ETHUSDT", startTime=trades[-1]["T"]
+    )
+    assert timed == [t for t in trades if t["T"] >= trades[-1]["T"]]
+    true = await asyncio.to_thread(exchange_sim.book, "ETHUSDT")
+    _, _, book = await rest(http, exchange_sim, "ticker/bookTicker", symbol="ETHUSDT")
+    assert book == {
+        "symbol": "ETHUSDT",
+        "bidPrice": true["bids"][0][0],
+        "bidQty": true["bids"][0][1],
+        "askPrice": true["asks"][0][0],
+        "askQty": true["asks"][0][1],
+    }
+    _, _, prices = await rest(http, exchange_sim, "ticker/price")
+    assert {"symbol": "ETHUSDT", "price": trades[-1]["p"]} in prices and len(prices) == 5
+
+
+async def test_any_ws_path_opens_and_names_are_echoed_as_subscribed(exchange_sim, http) -> None:
+    async def ask(ws: aiohttp.ClientWebSocketResponse, request: dict[str, Any]) -> Any:
+        await ws.send_str(orjson.dumps(request).decode())
+        while "id" not in (frame := orjson.loads((await ws.receive(timeout=5)).data)):
+            pass
+        return frame["result"]
+
+    for path, listed in (("/ws/0", []), ("/ws/btcusdt@trade/nonsense/1", ["btcusdt@trade"])):
+        async with http.ws_connect(exchange_sim.ws_url + path) as ws:
+            assert await ask(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 1}) == listed
+            uuid = "6a1b3f2e-9c4d-4e8f-a1b2-c3d4e5f60718"  # the official SDK's kind of id
+            subscribe = {"method": "SUBSCRIBE", "params": ["ethusdt@trade"], "id": uuid}
+            assert await ask(ws, subscribe) is None
+            assert await ask(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 2}) == [
+                *listed,
+                "ethusdt@trade",
+            ]
+    names = ["ethusdt@depth@1000ms", "ethusdt@depth", "BTCUSDT@trade", "btcusdt@kline_1s"]
+    async with http.ws_connect(f"{exchange_sim.ws_url}/stream?streams={'/'.join(names)}") as ws:
+        got = await frames(ws, 2.5)
+        assert await ask(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 3}) == names
+    streams = [f["stream"] for f in got if "stream" in f]
+    assert set(streams) == set(names)
+    by_name = {f["stream"]: f["data"] for f in got if "stream" in f}
+    assert by_name["ethusdt@depth@1000ms"]["u"] == by_name["ethusdt@depth"]["u"]
+
+
+async def test_kline_and_average_price_streams(exchange_sim, http) -> None:
+    names = ["btcusdt@kline_1s", "ethusdt@kline_1m", "bnbusdt@kline_1h@+08:00", "btcusdt@avgPrice"]
+    async with http.ws_connect(f"{exchange_sim.ws_url}/stream?streams={'/'.join(names)}") as ws:
+        got = await frames(ws, 4.5)
+    by_stream: dict[str, list[Any]] = {}
+    for frame in got:
+        by_stream.setdefault(frame["stream"], []).append(frame["data"])
+    assert set(by_stream) == set(names)
+    kline_keys = set(
+        ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"]
+    )
+    for name in names[:3]:
+        events = by_stream[name]
+        assert all(set(e) == {"e", "E", "s", "k"} and set(e["k"]) == kline_keys for e in events)
+    seconds = by_stream["btcusdt@kline_1s"]
+    assert len(seconds) >= 4, "1s klines: every second"
+    closed = [e["k"] for e in seconds if e["k"]["x"]]
+    assert closed and all(k["T"] == k["t"] + 999 for k in closed)
+    assert 1 <= len(by_stream["ethusdt@kline_1m"]) <= 4, "every 2 s"
+    local_hour = by_stream["bnbusdt@kline_1h@+08:00"][0]["k"]
+    assert local_hour["i"] == "1h" and local_hour["t"] % 3_600_000 == 0
+    average = by_stream["btcusdt@avgPrice"][-1]
+    assert set(average) == {"e", "E", "s", "i", "w", "T"} and average["i"] == "5m"
