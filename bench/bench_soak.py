@@ -61,6 +61,7 @@ FAULTS = (
     "diff_faults",
 )
 Levels = list[list[str]]
+RECENT_TRADES = 100  # per pair after each step: far more than one step of the market makes
 
 
 def view_hash(bids: Levels, asks: Levels) -> int:
@@ -85,6 +86,8 @@ class Soak:
         self.truth: dict[str, dict[int, int]] = defaultdict(dict)
         self.books: list[tuple[str, int, int, int]] = []  # symbol, update id, epoch, view hash
         self.trades: list[dict[str, Any]] = []
+        # the simulator keeps only the last 1000 trades of a pair: collect them as they happen
+        self.true_trades: dict[str, dict[int, None]] = defaultdict(dict)
         self.faults: Counter[str] = Counter()
         self.replicas: list[Process] = []
         self.proxies: dict[str, FaultProxy] = {}
@@ -141,6 +144,10 @@ class Soak:
                 book = orjson.loads(await r.read())
             view = true_view(book["bids"], book["asks"], MAX_SPREAD_PCT, DEPTH)
             self.truth[symbol][book["lastUpdateId"]] = view_hash(*view)
+            params = {"symbol": symbol, "limit": str(RECENT_TRADES)}
+            async with http.get(f"{self.sim.url}/admin/trades", params=params) as r:
+                recent = orjson.loads(await r.read())
+            self.true_trades[symbol].update((t["t"], None) for t in recent)
 
         await asyncio.gather(*(one(s) for s in symbols))
 
@@ -262,17 +269,21 @@ class Soak:
                 problems.append(f"{symbol}: update id {update_id} never existed")
             elif truth != published:
                 problems.append(f"{symbol}: book at {update_id} is not the true one")
-        by_symbol: dict[str, list[int]] = defaultdict(list)
+        by_symbol: dict[str, list[tuple[int, int]]] = defaultdict(list)  # (trade id, epoch)
         for trade in self.trades:
-            by_symbol[trade["s"]].append(trade["t"])
-        for symbol, ids in by_symbol.items():
-            rows = self.sim.admin("GET", "trades", symbol=symbol)
-            truth_ids = [r["t"] for r in rows if r["t"] >= ids[0]]
+            by_symbol[trade["s"]].append((trade["t"], trade.get("epoch", 0)))
+        for symbol, seen in by_symbol.items():
+            ids = [t for t, _ in seen]
+            truth_ids = sorted(t for t in self.true_trades[symbol] if t >= ids[0])
             if ids != truth_ids:
                 missing = sorted(set(truth_ids) - set(ids))
                 repeated = len(ids) - len(set(ids))
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(ids, truth_ids, strict=False)) if a != b), 0
+                )
                 problems.append(
-                    f"{symbol}: trades differ ({len(missing)} missing, {repeated} repeated)"
+                    f"{symbol}: trades differ ({len(missing)} missing, {repeated} repeated;"
+                    f" from the {at}th (trade id, epoch): {seen[max(0, at - 3) : at + 3]})"
                 )
         return problems
 
