@@ -15,8 +15,16 @@ from collections.abc import Awaitable, Callable
 POLL_SECONDS = 0.02
 
 
+Describe = str | Callable[[], str]  # a callable is asked at the deadline: what is still wrong
+
+
+def _describe(what: Describe, check: object) -> str:
+    text = what() if callable(what) else what
+    return text or repr(check)
+
+
 async def eventually(
-    check: Callable[[], object | Awaitable[object]], within: float = 10.0, what: str = ""
+    check: Callable[[], object | Awaitable[object]], within: float = 10.0, what: Describe = ""
 ) -> None:
     deadline = time.monotonic() + within
     while True:
@@ -26,13 +34,13 @@ async def eventually(
         if result:
             return
         if time.monotonic() >= deadline:
-            raise AssertionError(f"not met within {within} s: {what or check!r}")
+            raise AssertionError(f"not met within {within} s: {_describe(what, check)}")
         await asyncio.sleep(POLL_SECONDS)
 
 
-def eventually_sync(check: Callable[[], object], within: float = 10.0, what: str = "") -> None:
+def eventually_sync(check: Callable[[], object], within: float = 10.0, what: Describe = "") -> None:
     deadline = time.monotonic() + within
     while not check():
         if time.monotonic() >= deadline:
-            raise AssertionError(f"not met within {within} s: {what or check!r}")
+            raise AssertionError(f"not met within {within} s: {_describe(what, check)}")
         time.sleep(POLL_SECONDS)

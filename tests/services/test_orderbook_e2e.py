@@ -204,13 +204,25 @@ class Rig:
 
     def views_are(self, settings: dict[str, dict[str, Any]]) -> bool:
         """The last book of every pair is its current true view with ``settings``."""
+        return not self.views_apart(settings)
+
+    def views_apart(self, settings: dict[str, dict[str, Any]]) -> list[str]:
+        """Each pair whose last book is not its current true view with ``settings``: why."""
+        apart = []
         for symbol in self.symbols:
             book = self.truth[symbol]
             message = self.recorder.last.get(symbol)
             want = view_of(settings, symbol, *book[max(book)])
-            if message is None or (message["bids"], message["asks"]) != want:
-                return False
-        return True
+            if message is None:
+                apart.append(f"{symbol}: nothing published")
+            elif (message["bids"], message["asks"]) != want:
+                state = self.recorder.status.get(symbol, {}).get("state")
+                apart.append(
+                    f"{symbol} ({state}): last book u={message.get('lastUpdateId')} "
+                    f"{len(message['bids'])}/{len(message['asks'])} levels, "
+                    f"the truth at u={max(book)} {len(want[0])}/{len(want[1])}"
+                )
+        return apart
 
     async def cached_is(self, symbol: str, raw: bytes) -> None:
         """Redis gets the last published book within the service's cache period (0.5 s)."""
@@ -261,7 +273,13 @@ def paused_sim() -> Iterator[SimulatorProcess]:
     sim = SimulatorProcess(
         symbols=SYMBOLS,
         seed=7,
-        extra_args=["--levels", str(LEVELS), "--paused", "--weight-limit", "1000000"],
+        # Pings every 0.5 s: the service judges a link silent after 1.5 s without a frame, and
+        # the tests also wait without stepping the market (a settings change republishes books
+        # with no market change); a loaded machine must not turn that wait into a resync.
+        extra_args=[
+            *("--levels", str(LEVELS), "--paused", "--weight-limit", "1000000"),
+            *("--ping-seconds", "0.5"),
+        ],
     ).start()
     yield sim
     sim.stop()
@@ -471,7 +489,9 @@ async def test_pairs_and_settings_change_at_runtime(rig: Rig) -> None:
     changed = {"DEFAULT": {"MaxSpreadPct": 10, "Depth": 5}}
     sim.admin("PUT", "settings", changed)
     # a settings poll (1 s) and the republish
-    await eventually(lambda: rig.views_are(changed), within=30)
+    await eventually(
+        lambda: rig.views_are(changed), within=30, what=lambda: str(rig.views_apart(changed))
+    )
     await rig.check_quiescent(changed)
     await rig.check_deltas()  # across the change of Depth too
 

@@ -165,6 +165,22 @@ def assert_one_publisher_at_a_time(fleet: Fleet, since: float = 0.0) -> None:
         newest[symbol] = epoch
 
 
+def where_apart(fleet: Fleet, symbol: str, got: list[dict[str, Any]], truth: list[int]) -> str:
+    """Where the trades seen first differ from the truth: (id, epoch) around it, and what each
+    replica logged about the pair."""
+    ids = [m["t"] for m in got]
+    at = next((i for i, (a, b) in enumerate(zip(ids, truth, strict=False)) if a != b), len(ids))
+    around = [(m["t"], m["epoch"]) for m in got[max(0, at - 3) : at + 3]]
+    lines = [f"first difference at {at}: got (id, epoch) {around}, truth {truth[at - 3 : at + 3]}"]
+    for name in fleet.replicas:
+        log_path = fleet.logdir / name / f"{fleet.service}.log"
+        if log_path.exists():
+            lines += [
+                f"{name}: {line}" for line in log_path.read_text().splitlines() if symbol in line
+            ]
+    return "\n".join(lines[:60])
+
+
 def longest_silence(fleet: Fleet, since: float, until: float) -> tuple[float, str]:
     """The longest time any pair went without a message between ``since`` and ``until``."""
     last: dict[str, float] = defaultdict(lambda: since)
@@ -250,6 +266,8 @@ async def test_trades_sharded_no_trade_lost_or_repeated_across_failover_and_reba
             ids = [m["t"] for m in got]
             rows = await blocking(sim.admin, "GET", "trades", symbol=symbol)
             truth = [r["t"] for r in rows if r["t"] >= ids[0]]
-            assert ids == truth, f"{symbol}: trades lost, repeated or reordered"
+            assert ids == truth, f"{symbol}: trades lost, repeated or reordered\n" + where_apart(
+                fleet, symbol, got, truth
+            )
     finally:
         await blocking(sim.resume)
