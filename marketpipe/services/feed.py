@@ -118,6 +118,12 @@ class PairFeed:
             await task.stop()
         self._running = []
 
+    @property
+    def knows_pairs(self) -> bool:
+        """Whether the pair universe arrived: until then a shard's pairs are not known, and no
+        shard can be hot (its emptiness would say nothing)."""
+        return self._universe is not None
+
     def ready(self) -> bool:
         """The pair universe is known and, if it has pairs, streams are connected."""
         if self.assets.universe is None:
@@ -188,7 +194,7 @@ class Outbox:
         self._cache = cache
         self._limit = limit
         self._stamp_epoch = stamp_epoch
-        self._held = False
+        self._holds = 0  # publish nothing while anyone holds
         self._items: deque[Outgoing] = deque()
         self._wake = asyncio.Event()
         self._task: Supervised | None = None
@@ -203,11 +209,11 @@ class Outbox:
         self._items = deque(item for item in self._items if item.shard != shard)
 
     def hold(self) -> None:
-        """Publish nothing until :meth:`release` (messages keep queueing)."""
-        self._held = True
+        """Publish nothing until as many :meth:`release` (messages keep queueing)."""
+        self._holds += 1
 
     def release(self) -> None:
-        self._held = False
+        self._holds -= 1
         self._wake.set()
 
     def put(
@@ -241,7 +247,7 @@ class Outbox:
             self._send_all()
 
     def _send_all(self) -> None:
-        if self._held:
+        if self._holds:
             return
         ctx, items, cache = self._ctx, self._items, self._cache
         while items:

@@ -167,7 +167,7 @@ class OrderbookService:
         self.feed.on_ingest()
 
     def shard_hot(self, shard: int) -> bool:
-        return all(self.books[s].is_live for s in self._symbols_of(shard))
+        return self.feed.knows_pairs and all(self.books[s].is_live for s in self._symbols_of(shard))
 
     def shard_pairs(self) -> dict[int, int]:
         return dict(Counter(self._shard.values()))

@@ -186,11 +186,17 @@ class ServiceContext:
             self.cache.set_value(key, payload, term)
 
     def cache_recent(
-        self, key: str, payload: bytes, keep: int = RECENT_KEEP, *, term: Term | None = None
+        self,
+        key: str,
+        payload: bytes,
+        keep: int = RECENT_KEEP,
+        *,
+        term: Term | None = None,
+        order: int | None = None,
     ) -> None:
         term = term or self.term
         if self.cache is not None and term is not None and term.valid():
-            self.cache.push_recent(key, payload, keep, term)
+            self.cache.push_recent(key, payload, keep, term, order)
 
     def cache_catch_up_recent(
         self, key: str, items: list[bytes], order_field: str, *, term: Term | None = None

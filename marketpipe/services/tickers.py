@@ -52,7 +52,9 @@ class TickersService:
 
     def shard_hot(self, shard: int) -> bool:
         shard_of = self._ctx.shard_of
-        return all(p in self._up_pairs for p in self._feed.pairs if shard_of(p) == shard)
+        return self._feed.knows_pairs and all(
+            p in self._up_pairs for p in self._feed.pairs if shard_of(p) == shard
+        )
 
     def shard_pairs(self) -> dict[int, int]:
         return dict(Counter(self._ctx.shard_of(p) for p in self._feed.pairs))

@@ -10,9 +10,11 @@ Failover without a hole or a duplicate: every replica listens to ``trades.*`` on
 last trade id published per pair, and keeps the trades it released itself over the last
 ``LEADER_TTL_SECONDS`` + :data:`RECENT_MARGIN_SECONDS`. On becoming leader it publishes, per pair,
 the trades after the previous leader's last one (from REST when they are no longer kept). A
-replica whose own NATS connection dropped within that window has not seen everything published:
-it first takes the newest trade per pair from Redis (where the previous leader wrote it after
-NATS), holding its outbox meanwhile.
+replica that started listening, or whose own NATS connection dropped, within that window has not
+seen everything published: it first takes the newest trade per pair from Redis (where the previous leader wrote it after
+NATS), holding its outbox meanwhile. A leader whose own NATS connection dropped asks the other
+replicas how far they saw each pair on NATS (trades handed to a socket that then reset never
+arrived), and publishes what is missing the same way; Redis's lists take each id once.
 """
 
 from __future__ import annotations
@@ -49,13 +51,24 @@ RETRY_MAX_DELAY_SECONDS = 10.0
 # noticed within the TTL, so the trades the dead leader never sent are still here.
 RECENT_MARGIN_SECONDS = 5.0
 RECENT_MAX_PER_PAIR = 20_000
+# Asked of every replica when the leader's own NATS connection is back: per pair of a shard, the
+# last trade id it saw on NATS. Not a contract subject (DESIGN §2): no consumer listens to it.
+SEEN_SUBJECT = "_marketpipe.trades.seen"
+SEEN_ANSWER_SECONDS = 0.3  # replies come within milliseconds; trades of the shard wait meanwhile
 
 
 class _PublishedTrade(msgspec.Struct):
     t: int
+    E: int = 0
+
+
+class _SeenRequest(msgspec.Struct):
+    shard: int
 
 
 _decode_published = msgspec.json.Decoder(_PublishedTrade).decode
+_decode_seen_request = msgspec.json.Decoder(_SeenRequest).decode
+_decode_seen = msgspec.json.Decoder(dict[str, int]).decode
 
 
 class TradesService:
@@ -71,7 +84,7 @@ class TradesService:
             on_pairs_down=self._on_pairs_down,
             on_pairs_up=self._on_pairs_up,
         )
-        self._outbox = Outbox(ctx, "trades", ctx.cache_recent)
+        self._outbox = Outbox(ctx, "trades", self._cache_trade)
         self._sequencers: dict[str, TradeSequencer[Trade]] = {}
         self._fetches = FetchQueue()
         self._fetch_wanted = asyncio.Event()
@@ -79,6 +92,7 @@ class TradesService:
         self._published: dict[str, int] = {}  # last trade id on NATS per pair, from any replica
         self._recent: dict[str, deque[tuple[float, int, Trade]]] = {}  # (released at, id, trade)
         self._keep_seconds = ctx.settings.leader_ttl_seconds + RECENT_MARGIN_SECONDS
+        self._listening_since = time.monotonic()  # since when trades on NATS are seen here
         self._counters: dict[str, Any] = {
             event: TRADE_CONTINUITY.labels(event)
             for event in ("duplicate", "gap", "check", "recovered", "skipped", "rejected")
@@ -87,7 +101,10 @@ class TradesService:
     async def start(self) -> None:
         # before any trade is taken: every trade released from now on is either seen here
         # once published, or still unpublished when this replica takes over
+        self._listening_since = time.monotonic()
         await self._ctx.nats.subscribe("trades.*", self._on_published)
+        await self._ctx.nats.answer(SEEN_SUBJECT, self._answer_seen)
+        self._ctx.nats.on_reconnect(self._on_nats_back)
         await self._ctx.nats.flush()
         await self._outbox.start()
         await self._feed.start()
@@ -111,7 +128,9 @@ class TradesService:
         self._feed.on_ingest()
 
     def shard_hot(self, shard: int) -> bool:
-        return all(not seq.down for seq in self._of_shard(shard).values())
+        return self._feed.knows_pairs and all(
+            not seq.down for seq in self._of_shard(shard).values()
+        )
 
     def shard_pairs(self) -> dict[int, int]:
         return dict(Counter(self._ctx.shard_of(s) for s in self._sequencers))
@@ -123,27 +142,70 @@ class TradesService:
     def on_term(self, term: Term) -> None:
         if term.ended:
             return
-        lost = self._ctx.nats.last_disconnect
-        if lost is not None and time.monotonic() - lost < self._keep_seconds:
-            # Our own NATS connection dropped lately: trades the previous leader published then
-            # are missing from what we saw. Redis (written after NATS) fills that in, before
-            # anything goes out.
+        blind = max(self._ctx.nats.last_disconnect or 0.0, self._listening_since)
+        if time.monotonic() - blind < self._keep_seconds:
+            # We started listening (or our NATS connection dropped) lately: what the previous
+            # leader published before is missing from what we saw. Redis (written after NATS)
+            # fills that in, before anything goes out.
             self._outbox.hold()
             task = asyncio.get_running_loop().create_task(self._resume_after_redis(term))
             task.add_done_callback(self._resumed)
             return
         self._resume(term)
 
+    def _on_nats_back(self) -> None:
+        """Our own connection dropped while leading: trades handed to the old socket may never
+        have reached the server (or did, with their echo lost). The other replicas say how far
+        they saw each pair; what is missing is published again, once, in order."""
+        for term in list(self._ctx.terms.values()):
+            if term.valid():
+                self._outbox.hold()
+                task = asyncio.get_running_loop().create_task(self._resume_after_asking(term))
+                task.add_done_callback(self._resumed)
+
+    async def _resume_after_asking(self, term: Term) -> None:
+        try:
+            request = msgspec.json.encode(_SeenRequest(term.shard))
+            answers = await self._ctx.nats.ask_all(SEEN_SUBJECT, request, SEEN_ANSWER_SECONDS)
+            for answer in answers:
+                try:
+                    seen = _decode_seen(answer)
+                except msgspec.DecodeError:
+                    BAD_INPUT.labels(source="nats", kind="trades_seen").inc()
+                    continue
+                for symbol, trade_id in seen.items():
+                    self._note_published(symbol, trade_id)
+            log.info("trades_checked_after_reconnect", shard=term.shard, answers=len(answers))
+            if term.valid():
+                self._resume(term)
+        finally:
+            self._outbox.release()
+
+    def _answer_seen(self, request: bytes) -> bytes | None:
+        try:
+            shard = _decode_seen_request(request).shard
+        except msgspec.DecodeError:
+            BAD_INPUT.labels(source="nats", kind="trades_seen").inc()
+            return None
+        shard_of = self._ctx.shard_of
+        seen = {s: t for s, t in self._published.items() if shard_of(s) == shard}
+        return msgspec.json.encode(seen)
+
     async def _resume_after_redis(self, term: Term) -> None:
         try:
             if self._ctx.cache is not None:
                 symbols = list(self._of_shard(term.shard))
                 heads = await self._ctx.cache.heads([trades_key(s) for s in symbols])
+                # a head older than the window is no previous leader's lately: after a whole
+                # outage the trades in between are not this replica's to recover
+                oldest_ms = (time.time() - self._keep_seconds) * 1000
                 for symbol in symbols:
                     head = heads.get(trades_key(symbol))
                     if head is not None:
                         with contextlib.suppress(msgspec.DecodeError):
-                            self._note_published(symbol, _decode_published(head).t)
+                            trade = _decode_published(head)
+                            if oldest_ms <= trade.E:
+                                self._note_published(symbol, trade.t)
             if term.valid():
                 self._resume(term)
         finally:
@@ -180,6 +242,10 @@ class TradesService:
                 )
             # kept trades, not recovered from REST: their latency sample includes the hand-over
             self._apply(seq, step, live=True)
+
+    def _cache_trade(self, key: str, payload: bytes, *, term: Term) -> None:
+        # by trade id: a trade published again after a reconnect is in the list already
+        self._ctx.cache_recent(key, payload, term=term, order=_decode_published(payload).t)
 
     async def _on_published(self, subject: str, data: bytes) -> None:
         symbol = subject.partition(".")[2]

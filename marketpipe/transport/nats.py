@@ -116,6 +116,7 @@ class NatsClient:
         self._discarded: Counter = PUBLISH_ERRORS.labels("any", "term_ended")
         # monotonic time of the last lost connection: what arrived around it may be missing
         self.last_disconnect: float | None = None
+        self._reconnect_listeners: list[Callable[[], None]] = []
 
     @property
     def connected(self) -> bool:
@@ -300,6 +301,38 @@ class NatsClient:
 
         return await self._nc.subscribe(self.prefix + subject, cb=deliver)
 
+    async def answer(self, subject: str, responder: Callable[[bytes], bytes | None]) -> None:
+        """Reply ``responder(request)`` to each request on ``subject`` (None: no reply)."""
+
+        async def deliver(msg: Msg) -> None:
+            reply = responder(msg.data) if msg.reply else None
+            if reply is not None:
+                await self._nc.publish(msg.reply, reply)
+
+        await self._nc.subscribe(self.prefix + subject, cb=deliver)
+
+    async def ask_all(self, subject: str, payload: bytes, within: float) -> list[bytes]:
+        """Every reply to one request on ``subject`` that arrives within ``within`` seconds
+        (a request to all who answer it, not to the first)."""
+        replies: list[bytes] = []
+
+        async def collect(msg: Msg) -> None:
+            replies.append(msg.data)
+
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, cb=collect)
+        try:
+            await self._nc.publish(self.prefix + subject, payload, reply=inbox)
+            await asyncio.sleep(within)
+        finally:
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+        return replies
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each reconnect, once what was queued went to the socket."""
+        self._reconnect_listeners.append(listener)
+
     async def flush(self) -> None:
         """Wait until the server has everything published so far."""
         while self._queue and self._nc.is_connected:
@@ -341,6 +374,8 @@ class NatsClient:
         NATS_RECONNECTS.inc()
         log.info("nats reconnected", url=self.connected_url)
         self._write()
+        for listener in self._reconnect_listeners:
+            listener()
 
 
 def redact_url(url: str) -> str:

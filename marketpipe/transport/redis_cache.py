@@ -168,6 +168,7 @@ class RedisCache:
         # the mirror: last values as Redis should hold them, and the term each was written in
         self._values: dict[str, bytes] = {}
         self._lists: dict[str, deque[bytes]] = {}  # newest first
+        self._list_heads: dict[str, int] = {}  # the order of each list's newest item, if given
         self._hashes: dict[str, dict[str, bytes]] = {}
         self._terms: dict[str, Fence | None] = {}
         self._size = 0
@@ -209,13 +210,24 @@ class RedisCache:
         self._wake.set()
 
     def push_recent(
-        self, key: str, value: bytes, keep: int = RECENT_KEEP, term: Fence | None = None
+        self,
+        key: str,
+        value: bytes,
+        keep: int = RECENT_KEEP,
+        term: Fence | None = None,
+        order: int | None = None,
     ) -> None:
+        """Push ``value`` onto the list; with an ``order`` (an increasing id), one that is not
+        newer than the list's newest is there already (a publish repeated after a reconnect)."""
+        if order is not None and order <= self._list_heads.get(key, -1):
+            return
         items = self._lists.get(key)
         if items is None:
             if not self._admit():
                 return
             items = self._lists[key] = deque(maxlen=keep)
+        if order is not None:
+            self._list_heads[key] = order
         items.appendleft(value)
         self._terms[key] = term
         new = self._new_items.get(key)

@@ -8,7 +8,7 @@ with whatever it had queued and in flight; ``b`` takes over. Then the partition 
 - orderbook: after ``b``'s first book no book of an older epoch reaches NATS, for any pair; every
   book is the exchange's true book; Redis ends holding ``b``'s books.
 - trades: every trade id of every pair exactly once, in order, across the partition, on NATS and
-  in Redis's last-10 lists.
+  in Redis's last-10 lists; and the same across resets of the leader's NATS connections.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from tests.eventually import eventually
 
 TTL = 3
 PARTITION_SECONDS = 12.0
+RESETS = 30
 
 
 class Partition:
@@ -197,4 +198,25 @@ async def test_trades_follower_that_lost_nats_repeats_nothing_when_it_takes_over
 
     await blocking(leader.process.kill)
     await trades_go_on_after_takeover(follower, pair, within=TTL + 5)
+    await assert_trades_complete(pair)
+
+
+@pytest.mark.parametrize("partitioned", [("trades", "a")], indirect=True)
+async def test_trades_leader_nats_resets_lose_and_repeat_no_trade(
+    partitioned: tuple[Pair, Partition],
+) -> None:
+    """Resets of the leader's own NATS connection: trades it had handed to the socket may never
+    have reached the server, or reached it with the echo lost. It must find out which, and
+    publish each missing trade once, in order."""
+    pair, partition = partitioned
+    leader, _ = await pair.leader()
+    assert leader.name == "a"
+    await pair.recorder.wait_for(lambda: len(pair.messages("trades")) > 50)
+
+    for _ in range(RESETS):
+        published = len(pair.messages("trades"))
+        await asyncio.gather(*(blocking(p.reset) for p in partition.nats))
+        # the next reset once trades flow again (each reset lands in a stream of trades)
+        await pair.recorder.wait_for(lambda n=published: len(pair.messages("trades")) > n + 5)
+    assert await blocking(lambda: leader.leading), "a reset cost the leader its lease"
     await assert_trades_complete(pair)
