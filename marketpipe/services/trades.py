@@ -11,10 +11,11 @@ last trade id published per pair, and keeps the trades it released itself over t
 ``LEADER_TTL_SECONDS`` + :data:`RECENT_MARGIN_SECONDS`. On becoming leader it publishes, per pair,
 the trades after the previous leader's last one (from REST when they are no longer kept). A
 replica that started listening, or whose own NATS connection dropped, within that window has not
-seen everything published: it first takes the newest trade per pair from Redis (where the previous leader wrote it after
-NATS), holding its outbox meanwhile. A leader whose own NATS connection dropped asks the other
-replicas how far they saw each pair on NATS (trades handed to a socket that then reset never
-arrived), and publishes what is missing the same way; Redis's lists take each id once.
+seen everything published: it first takes the newest trade per pair from Redis (where the
+previous leader wrote it after NATS), holding its outbox meanwhile. A leader whose own NATS
+connection dropped asks the other replicas how far they saw each pair on NATS (trades handed to
+a socket that then reset never arrived), and publishes what is missing the same way; Redis's
+lists take each id once.
 """
 
 from __future__ import annotations
