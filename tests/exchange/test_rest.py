@@ -132,7 +132,7 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
     got: list[tuple[str, int]] = []
     failed: list[str] = []
     async with ExchangeRest(exchange_sim.rest_url) as rest:
-        planner = SnapshotPlanner(weight_per_minute=60_000, priority_limit=1000, other_limit=100)
+        planner = SnapshotPlanner(weight_per_minute=60_000)
         scheduler = SnapshotScheduler(
             rest,
             planner,
@@ -140,9 +140,9 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
             lambda s, _err: failed.append(s),
             max_in_flight=1,
         )
-        scheduler.request("ETHUSDT")
-        scheduler.request("NOPEUSDT")
-        scheduler.request("BTCUSDT", priority=True)
+        scheduler.request("ETHUSDT", limit=100)
+        scheduler.request("NOPEUSDT", limit=100)
+        scheduler.request("BTCUSDT", limit=1000, priority=True)
         task = asyncio.create_task(scheduler.run())
         await wait_for(lambda: len(got) + len(failed) == 3)
         task.cancel()
@@ -162,14 +162,16 @@ async def test_the_scheduler_stops_when_cancelled_right_after_a_request(
 ) -> None:
     got: list[str] = []
     async with ExchangeRest(exchange_sim.rest_url) as rest:
-        planner = SnapshotPlanner(weight_per_minute=600)  # the second snapshot waits its turn
+        planner = SnapshotPlanner(weight_per_minute=250)  # the second snapshot waits its turn
         scheduler = SnapshotScheduler(rest, planner, lambda s, _: got.append(s), lambda *_: None)
         task = asyncio.create_task(scheduler.run())
-        scheduler.request("ETHUSDT")
+        scheduler.request("ETHUSDT", limit=5000)
         await wait_for(lambda: got == ["ETHUSDT"])
-        scheduler.request("BNBUSDT")
+        scheduler.request("BNBUSDT", limit=5000)
         await asyncio.sleep(0.05)
-        scheduler.request("BTCUSDT", priority=True)  # wakes the loop as the cancel arrives
+        scheduler.request(
+            "BTCUSDT", limit=5000, priority=True
+        )  # wakes the loop as the cancel arrives
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
     assert done, "the scheduler ignored the cancel"
