@@ -25,7 +25,7 @@ from marketpipe.exchange.weights import (
     ticker_24hr_weight,
 )
 from marketpipe.logs import get_logger
-from marketpipe.ops.metrics import BAD_INPUT, REST_REQUESTS, REST_WEIGHT_USED
+from marketpipe.ops.metrics import BAD_INPUT, REST_REQUESTS, REST_WEIGHT_SPENT, REST_WEIGHT_USED
 
 log = get_logger(__name__)
 
@@ -159,8 +159,10 @@ class ExchangeRest:
         url = f"{self.base_url}/api/v3/{endpoint}"
         backoff = Backoff(base=0.2, cap=self._backoff_cap)
         last_problem = ""
+        spent = REST_WEIGHT_SPENT.labels(endpoint=endpoint)
         for _attempt in range(self._max_attempts):
             await self._wait_for_gate(weight)
+            spent.inc(weight)
             try:
                 async with self._session_or_new().get(
                     url, params=params, timeout=self._timeout

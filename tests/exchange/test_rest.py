@@ -16,7 +16,7 @@ from marketpipe.exchange.snapshot_plan import SnapshotPlanner
 from marketpipe.exchange.snapshots import SnapshotScheduler
 from marketpipe.exchange.weights import WeightGate
 from marketpipe.infra.simulator import SimulatorProcess
-from marketpipe.ops.metrics import BAD_INPUT, REST_WEIGHT_USED
+from marketpipe.ops.metrics import BAD_INPUT, REST_WEIGHT_SPENT, REST_WEIGHT_USED
 from tests.exchange.support import admin, rest_requests, wait_for
 
 
@@ -58,6 +58,21 @@ async def test_server_errors_are_retried_with_backoff(exchange_sim: SimulatorPro
         snapshot = await rest.depth("BTCUSDT", 5)
     assert len(snapshot.bids) == 5
     assert [r["status"] for r in await rest_requests(exchange_sim)] == [503, 502, 500, 200]
+
+
+async def test_the_weight_spent_counts_every_request_sent_by_endpoint(
+    exchange_sim: SimulatorProcess,
+) -> None:
+    depth, info = (REST_WEIGHT_SPENT.labels(endpoint=e) for e in ("depth", "exchangeInfo"))
+    before = depth._value.get(), info._value.get()
+    fault = {"type": "rest_error", "status": 503, "count": 1, "path": "/api/v3/depth"}
+    await admin(exchange_sim, "POST", "faults", [fault])
+    async with ExchangeRest(exchange_sim.rest_url, backoff_cap_seconds=0.1) as rest:
+        await rest.depth("BTCUSDT", 100)  # refused once, then served: 2 x 5
+        await rest.depth("BTCUSDT", 5000)
+        await rest.exchange_info()
+    assert depth._value.get() - before[0] == 5 + 5 + 250
+    assert info._value.get() - before[1] == 20
 
 
 async def test_server_errors_give_up_after_max_attempts(exchange_sim: SimulatorProcess) -> None:
