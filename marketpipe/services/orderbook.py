@@ -103,7 +103,11 @@ class OrderbookService:
             weight_per_minute=self.rest.gate.budget * SNAPSHOT_BUDGET_SHARE, ip_gate=self.rest.gate
         )
         self.snapshots = SnapshotScheduler(
-            self.rest, self.planner, self._on_snapshot, self._on_snapshot_failed
+            self.rest,
+            self.planner,
+            self._on_snapshot,
+            self._on_snapshot_failed,
+            on_fetch_started=self._on_fetch_started,
         )
         self.feed = PairFeed(
             ctx,
@@ -284,8 +288,15 @@ class OrderbookService:
             await asyncio.sleep(ADMISSION_TICK_SECONDS)
             self._admit_more()
 
+    def _on_fetch_started(self, symbol: str) -> None:
+        sync = self.books.get(symbol)
+        if sync is not None:
+            sync.on_fetch_started()
+
     def _on_snapshot_failed(self, symbol: str, error: Exception) -> None:
-        if symbol in self.books:  # the book still waits for it: ask again, paced by the planner
+        sync = self.books.get(symbol)
+        if sync is not None:  # the book still waits for it: ask again, paced by the planner
+            sync.on_fetch_failed()
             self._request_snapshot(symbol, resync=True)
 
     def _act(self, symbol: str, sync: BookSync, actions: Sequence[Action]) -> None:

@@ -146,6 +146,7 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
 ) -> None:
     got: list[tuple[str, int]] = []
     failed: list[str] = []
+    started: list[str] = []
     async with ExchangeRest(exchange_sim.rest_url) as rest:
         planner = SnapshotPlanner(weight_per_minute=60_000)
         scheduler = SnapshotScheduler(
@@ -153,6 +154,7 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
             planner,
             lambda s, snap: got.append((s, len(snap.bids))),
             lambda s, _err: failed.append(s),
+            on_fetch_started=started.append,
             max_in_flight=1,
         )
         scheduler.request("ETHUSDT", limit=100)
@@ -163,6 +165,7 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [s for s, _ in got] == ["BTCUSDT", "ETHUSDT"] and failed == ["NOPEUSDT"]
+    assert started == ["BTCUSDT", "ETHUSDT", "NOPEUSDT"]
     assert dict(got)["ETHUSDT"] <= 100 < dict(got)["BTCUSDT"]
     queries = [r["query"] for r in await rest_requests(exchange_sim, "/api/v3/depth")]
     assert queries == [
