@@ -14,8 +14,10 @@ A NATS subscriber in this process sees each pair's ``resyncing`` status and then
 after it (a book goes out only while live); Redis is polled for a book at least that new. Prints
 the time until the last pair was back on NATS and in Redis (and the median), the depth requests
 and weight the service spent meanwhile (``marketpipe_rest_weight_spent_total``), and the budget.
-With the default budget a reconnect of P pairs of weight w takes about
-``max(0, P * w - 2400) / 2400`` minutes: the first 2400 weight goes at once.
+With the default budget (2400 snapshot weight a minute, spendable at once, back 60 s after it
+was spent) a reconnect of P pairs of weight w ends about ``60 s * (ceil(P * w / 2400) - 1)``
+after the cut, plus the last burst's fetch time: 2000 pairs at weight 5, ~4 min (docs/deployment.md,
+"What a mass reconnect costs").
 """
 
 from __future__ import annotations
