@@ -61,9 +61,10 @@ class Settings(BaseModel):
     publish_deltas: bool = True  # delta.orderbook.<SYMBOL> beside every full view (DESIGN §10)
     default_max_spread_pct: float = Field(default=35.0, gt=0, le=100)
     default_depth: int = Field(default=250, ge=1, le=5000)
-    snapshot_limit: int = Field(default=5000, ge=1, le=5000)
+    # depth snapshot limits; 0: the smallest of 100/500/1000/5000 covering twice the view's Depth
+    snapshot_limit: int = Field(default=0, ge=0, le=5000, description="priority pairs; 0: auto")
     snapshot_limit_others: int = Field(
-        default=500, ge=1, le=5000, description="depth limit for non-priority pairs"
+        default=0, ge=0, le=5000, description="depth limit for non-priority pairs; 0: auto"
     )
     diff_buffer_size: int = Field(default=1000, ge=1)
     audit_interval_seconds: float = Field(default=0.0, ge=0, description="0: off")

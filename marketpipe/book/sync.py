@@ -1,14 +1,20 @@
 """The per-symbol sync engine: Binance's local order book procedure as a pure state machine.
 
-Events in (``on_diff``, ``on_snapshot``, ``on_disconnect``), actions out; no I/O, no clock. The
-procedure is binance-spot.md §3.1 with the notes of §3.3:
+Events in (``on_diff``, ``on_snapshot``, ``on_disconnect``, ``on_fetch_started``/``_failed``),
+actions out; no I/O, no clock. The procedure is binance-spot.md §3.1 with the notes of §3.3:
 
 * every diff is buffered from the first one; the first buffered diff asks for a snapshot;
 * a snapshot with ``lastUpdateId`` < the first buffered ``U`` is too old: fetch again, keep the
   buffer; otherwise drop buffered diffs with ``u <= lastUpdateId``, load the snapshot, replay;
 * then for each diff: ``u`` < local id is stale (skipped); ``U`` > local id + 1 is a gap (the book
   is discarded and the procedure restarts from that diff); otherwise set its levels;
-* the buffer is bounded: overflow discards it and restarts (counted), never unbounded memory.
+* the buffer is bounded: overflow discards it and restarts (counted), never unbounded memory;
+  except while the snapshot asked for is still queued (``on_fetch_started`` not yet called):
+  then the oldest diff makes room. A snapshot fetched later is as new as the newest diffs, so
+  the oldest ones are the ones it makes useless; this changes no rule above (a snapshot older
+  than the oldest diff kept is fetched again, a missing diff is a gap at replay), it only spares
+  a resync for waiting in the queue. Once the fetch has started its answer may be older than
+  anything buffered since, so nothing is dropped then (``on_fetch_failed``: queued again).
 
 Impossible input discards the book rather than publish a wrong one: ``u < U``, a level that is not a
 positive price with a non-negative quantity (:class:`~marketpipe.book.levels.BadLevel`), a crossed
@@ -107,6 +113,7 @@ class BookSync:
         self.last_event_time = 0
         self._buffer: deque[DepthUpdate] = deque()
         self._snapshot_requested = False
+        self._fetching = False  # the snapshot asked for has left the queue
 
     @property
     def is_live(self) -> bool:
@@ -123,6 +130,9 @@ class BookSync:
             return self._apply(update) or ()
         self._buffer.append(update)
         if len(self._buffer) > self.buffer_size:
+            if self._snapshot_requested and not self._fetching:
+                self._buffer.popleft()  # queued: the snapshot will be newer than this one
+                return ()
             self._buffer.clear()
             self._buffer.append(update)
             return self._reset("buffer_full", f"over {self.buffer_size} diffs", keep_buffer=True)
@@ -132,7 +142,7 @@ class BookSync:
         """A snapshot fetched with ``limit`` levels a side (None: unknown, assume truncated)."""
         if not self._snapshot_requested:
             return ()  # a late answer to a request made before the book went live
-        self._snapshot_requested = False
+        self._snapshot_requested = self._fetching = False
         if not self._buffer:
             return ()  # nothing to check it against; the next diff asks again
         last_id = snapshot.last_update_id
@@ -151,6 +161,15 @@ class BookSync:
         self.resync_reason = None
         actions = self._drain()
         return _WENT_LIVE if actions is None or actions is _CHANGED else actions
+
+    def on_fetch_started(self) -> None:
+        """The snapshot asked for (``FetchSnapshot``) left the queue: its request is on the way."""
+        if self._snapshot_requested:
+            self._fetching = True
+
+    def on_fetch_failed(self) -> None:
+        """That fetch failed; the snapshot is asked for again (queued as after FetchSnapshot)."""
+        self._fetching = False
 
     def on_disconnect(self) -> Sequence[Action]:
         """The diff stream was lost: whatever comes next may have a gap."""
@@ -210,7 +229,7 @@ class BookSync:
     def _request_snapshot(self, reason: str) -> tuple[Action, ...]:
         if self._snapshot_requested or not self._buffer:
             return ()
-        self._snapshot_requested = True
+        self._snapshot_requested, self._fetching = True, False
         return (FetchSnapshot(reason),)
 
     def _refuse_snapshot(self, kind: str, detail: str) -> tuple[Action, ...]:

@@ -25,7 +25,7 @@ from marketpipe.exchange.weights import (
     ticker_24hr_weight,
 )
 from marketpipe.logs import get_logger
-from marketpipe.ops.metrics import BAD_INPUT, REST_REQUESTS, REST_WEIGHT_USED
+from marketpipe.ops.metrics import BAD_INPUT, REST_REQUESTS, REST_WEIGHT_SPENT, REST_WEIGHT_USED
 
 log = get_logger(__name__)
 
@@ -101,7 +101,7 @@ class ExchangeRest:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_attempts = max_attempts
         self._backoff_cap = backoff_cap_seconds
-        self._clock = clock
+        self.clock = clock
 
     async def close(self) -> None:
         if self._owns_session and self._session is not None:
@@ -150,7 +150,7 @@ class ExchangeRest:
 
     async def _wait_for_gate(self, weight: int) -> None:
         while True:
-            wait = self.gate.try_acquire(weight, self._clock())
+            wait = self.gate.try_acquire(weight, self.clock())
             if wait <= 0:
                 return
             await asyncio.sleep(wait)
@@ -159,8 +159,10 @@ class ExchangeRest:
         url = f"{self.base_url}/api/v3/{endpoint}"
         backoff = Backoff(base=0.2, cap=self._backoff_cap)
         last_problem = ""
+        spent = REST_WEIGHT_SPENT.labels(endpoint=endpoint)
         for _attempt in range(self._max_attempts):
             await self._wait_for_gate(weight)
+            spent.inc(weight)
             try:
                 async with self._session_or_new().get(
                     url, params=params, timeout=self._timeout
@@ -170,7 +172,7 @@ class ExchangeRest:
                     self._note_used_weight(resp.headers)
                     if status in RATE_LIMIT_STATUSES:
                         retry_after = _seconds(resp.headers.get("Retry-After"))
-                        self.gate.on_rate_limited(retry_after, self._clock())
+                        self.gate.on_rate_limited(retry_after, self.clock())
                         log.warning(
                             "rest_rate_limited",
                             endpoint=endpoint,
@@ -208,7 +210,7 @@ class ExchangeRest:
         except ValueError:
             BAD_INPUT.labels(source="rest", kind="weight_header").inc()
             return
-        self.gate.observe_used(value, self._clock())
+        self.gate.observe_used(value, self.clock())
         REST_WEIGHT_USED.set(value)
 
 

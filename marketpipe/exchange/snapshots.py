@@ -1,15 +1,16 @@
 """The asyncio shell of :class:`SnapshotPlanner`: fetches due snapshots and reports results.
 
 ``request()`` may be called from any callback in the event loop; the loop started by ``run()``
-fetches due jobs (at most ``max_in_flight`` at once) through :class:`ExchangeRest` and calls
-``on_snapshot(symbol, snapshot)`` or ``on_snapshot_failed(symbol, error)``.
+fetches due jobs (at most ``max_in_flight`` at once) through :class:`ExchangeRest`, calls
+``on_fetch_started(symbol)`` as a fetch leaves the queue and then ``on_snapshot(symbol,
+snapshot)`` or ``on_snapshot_failed(symbol, error)``. The planner's time is the REST client's
+clock (wall-clock: the server counts weight per clock minute).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 
 from marketpipe.exchange.rest import DepthSnapshot, ExchangeError, ExchangeRest, ExchangeUnavailable
@@ -20,6 +21,7 @@ log = get_logger(__name__)
 
 OnSnapshot = Callable[[str, DepthSnapshot], None]
 OnSnapshotFailed = Callable[[str, Exception], None]
+OnFetchStarted = Callable[[str], None]
 
 
 class SnapshotScheduler:
@@ -30,29 +32,32 @@ class SnapshotScheduler:
         on_snapshot: OnSnapshot,
         on_snapshot_failed: OnSnapshotFailed,
         *,
+        on_fetch_started: OnFetchStarted | None = None,
         max_in_flight: int = 4,
     ) -> None:
         self.rest = rest
         self.planner = planner
         self._on_snapshot = on_snapshot
         self._on_failed = on_snapshot_failed
+        self._on_started = on_fetch_started
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def request(
-        self, symbol: str, *, priority: bool = False, resync: bool = False, limit: int | None = None
+        self, symbol: str, *, limit: int, priority: bool = False, resync: bool = False
     ) -> None:
-        if self.planner.request(symbol, priority=priority, resync=resync, limit=limit):
+        if self.planner.request(symbol, limit=limit, priority=priority, resync=resync):
             self._wakeup.set()
 
     def cancel(self, symbol: str) -> None:
         self.planner.cancel(symbol)
 
     async def run(self) -> None:
+        clock = self.rest.clock
         try:
             while True:
-                delay = self.planner.due_in(time.monotonic())
+                delay = self.planner.due_in(clock())
                 if delay is None or delay > 0:
                     self._wakeup.clear()
                     # Not asyncio.wait_for: on 3.11 it can swallow a cancel (see streams.py).
@@ -61,10 +66,12 @@ class SnapshotScheduler:
                             await self._wakeup.wait()
                     continue
                 await self._slots.acquire()
-                job = self.planner.pop(time.monotonic())
+                job = self.planner.pop(clock())
                 if job is None:
                     self._slots.release()
                     continue
+                if self._on_started is not None:
+                    self._on_started(job.symbol)
                 task = asyncio.create_task(self._fetch(job), name=f"snapshot-{job.symbol}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -6,6 +6,11 @@ Binance counts weight per IP in one-minute windows (``X-MBX-USED-WEIGHT-1M``) an
 the server's count can never exceed it because of us), also honours the server's own count
 (other processes on the same IP spend from it too) and, after a 429/418, grants nothing until
 ``Retry-After`` has passed. Time is passed in (wall-clock seconds) so the gate is testable.
+
+It is a token bucket with a burst of the whole budget: weight not spent in the last 60 s is
+spendable at once, and each spent token comes back 60 s after it was spent (not at an even rate,
+which would let a full burst plus a minute's refill into one minute). ``wait_for`` peeks at how
+long a request would wait without spending anything.
 """
 
 from __future__ import annotations
@@ -63,8 +68,8 @@ class WeightGate:
         self._expire(now)
         return self._spent_total
 
-    def try_acquire(self, weight: int, now: float) -> float:
-        """Spend ``weight`` and return 0, or spend nothing and return seconds to wait."""
+    def wait_for(self, weight: int, now: float) -> float:
+        """Seconds until ``weight`` could be spent (0: now); spends nothing."""
         if now < self.blocked_until:
             return self.blocked_until - now
         self._expire(now)
@@ -77,12 +82,16 @@ class WeightGate:
         minute = int(now // WINDOW_SECONDS)
         if minute == self._server_minute and self._server_used + weight > self.budget:
             wait_server = (minute + 1) * WINDOW_SECONDS - now
-        wait = max(wait_local, wait_server)
+        return max(wait_local, wait_server)
+
+    def try_acquire(self, weight: int, now: float) -> float:
+        """Spend ``weight`` and return 0, or spend nothing and return seconds to wait."""
+        wait = self.wait_for(weight, now)
         if wait > 0:
             return wait
         self._spent.append((now, weight))
         self._spent_total += weight
-        if minute == self._server_minute:
+        if int(now // WINDOW_SECONDS) == self._server_minute:
             self._server_used += weight
         return 0.0
 

@@ -32,6 +32,11 @@ LEADER_EPOCH = Gauge("marketpipe_leader_epoch", "Epoch of the current leadership
 REST_WEIGHT_USED = Gauge(
     "marketpipe_rest_weight_used", "Exchange REST weight used this minute (X-MBX-USED-WEIGHT-1M)"
 )
+REST_WEIGHT_SPENT = Counter(
+    "marketpipe_rest_weight_spent_total",
+    "Exchange REST weight this process spent (each request sent, retries too), by endpoint",
+    ["endpoint"],
+)
 REST_REQUESTS = Counter(
     "marketpipe_rest_requests_total",
     "Exchange REST requests, by endpoint and status",

@@ -42,7 +42,7 @@ from marketpipe.book.sync import (
 from marketpipe.config import Settings
 from marketpipe.exchange.messages import DepthUpdate, MarketEvent, decode_combined_depth
 from marketpipe.exchange.rest import DepthSnapshot, ExchangeError, ExchangeUnavailable
-from marketpipe.exchange.snapshot_plan import SnapshotPlanner
+from marketpipe.exchange.snapshot_plan import SnapshotPlanner, snapshot_limit
 from marketpipe.exchange.snapshots import SnapshotScheduler
 from marketpipe.ha.term import Term
 from marketpipe.logs import get_logger
@@ -82,7 +82,6 @@ STATUS_REPUBLISH_SLICES = 40
 # snapshot queue busy, few enough that their buffers stay small.
 ADMISSION_WINDOW = 32
 ADMISSION_TICK_SECONDS = 0.25
-DEEPEST_SNAPSHOT = 5000  # the exchange's limit; deeper requests get this many levels
 # Redis holds the latest published book of each pair, written at most this often per pair (the
 # last one always lands): at one 16 KB book per pair every 100 ms, writing each to Redis cost
 # about as much as publishing it on NATS. Readers that need every book take NATS.
@@ -101,12 +100,14 @@ class OrderbookService:
         self.publish_deltas = settings.publish_deltas
         self.rest = make_rest(ctx)
         self.planner = SnapshotPlanner(
-            weight_per_minute=self.rest.gate.budget * SNAPSHOT_BUDGET_SHARE,
-            priority_limit=settings.snapshot_limit,
-            other_limit=settings.snapshot_limit_others,
+            weight_per_minute=self.rest.gate.budget * SNAPSHOT_BUDGET_SHARE, ip_gate=self.rest.gate
         )
         self.snapshots = SnapshotScheduler(
-            self.rest, self.planner, self._on_snapshot, self._on_snapshot_failed
+            self.rest,
+            self.planner,
+            self._on_snapshot,
+            self._on_snapshot_failed,
+            on_fetch_started=self._on_fetch_started,
         )
         self.feed = PairFeed(
             ctx,
@@ -264,11 +265,9 @@ class OrderbookService:
 
     def _request_snapshot(self, symbol: str, resync: bool) -> None:
         priority = symbol in self.priority
-        limit = self.planner.priority_limit if priority else self.planner.other_limit
-        # A view of Depth levels needs a deeper window, or the first levels to go at the top
-        # leave it short (and the book resyncs again and again): twice Depth, as 500 for 250.
-        depth = self.book_settings.settings_for(symbol).depth
-        limit = min(DEEPEST_SNAPSHOT, max(limit, 2 * depth))
+        settings = self.settings
+        configured = settings.snapshot_limit if priority else settings.snapshot_limit_others
+        limit = snapshot_limit(configured, self.book_settings.settings_for(symbol).depth)
         # The book must not believe a snapshot deeper than it is (it would take a cut-off side
         # for a complete one): remember the smallest limit asked for until the answer comes.
         self._asked_limit[symbol] = min(limit, self._asked_limit.get(symbol, limit))
@@ -289,8 +288,15 @@ class OrderbookService:
             await asyncio.sleep(ADMISSION_TICK_SECONDS)
             self._admit_more()
 
+    def _on_fetch_started(self, symbol: str) -> None:
+        sync = self.books.get(symbol)
+        if sync is not None:
+            sync.on_fetch_started()
+
     def _on_snapshot_failed(self, symbol: str, error: Exception) -> None:
-        if symbol in self.books:  # the book still waits for it: ask again, paced by the planner
+        sync = self.books.get(symbol)
+        if sync is not None:  # the book still waits for it: ask again, paced by the planner
+            sync.on_fetch_failed()
             self._request_snapshot(symbol, resync=True)
 
     def _act(self, symbol: str, sync: BookSync, actions: Sequence[Action]) -> None:

@@ -141,6 +141,7 @@ def test_diff_for_another_symbol_is_refused_and_the_book_kept() -> None:
 def test_buffer_overflow_is_a_counted_resync_with_bounded_memory() -> None:
     sync = BookSync(SYMBOL, buffer_size=3)
     sync.on_diff(diff(1, 1))
+    sync.on_fetch_started()  # its answer may be older than any diff from now on: all are kept
     sync.on_diff(diff(2, 2))
     sync.on_diff(diff(3, 3))
     actions = sync.on_diff(diff(4, 4))
@@ -148,6 +149,30 @@ def test_buffer_overflow_is_a_counted_resync_with_bounded_memory() -> None:
     assert len(sync._buffer) == 1
     assert sync.on_snapshot(snapshot(2), 1000) == (FetchSnapshot("stale_snapshot"),)
     assert sync.on_snapshot(snapshot(4), 1000)[0] == StateChanged(BookState.LIVE, None)
+
+
+def test_while_the_snapshot_is_queued_the_oldest_diffs_make_room_without_a_resync() -> None:
+    sync = BookSync(SYMBOL, buffer_size=3)
+    assert sync.on_diff(diff(1, 1)) == (FetchSnapshot("sync"),)
+    for n in range(2, 10):
+        assert sync.on_diff(diff(n, n)) == ()
+    assert [d.first_update_id for d in sync._buffer] == [7, 8, 9]
+    assert sync.state is BookState.SYNCING
+    sync.on_fetch_started()
+    assert sync.on_snapshot(snapshot(6), 1000) == (FetchSnapshot("stale_snapshot"),)
+    assert sync.on_snapshot(snapshot(7), 1000)[0] == StateChanged(BookState.LIVE, None)
+    assert sync.last_update_id == 9
+
+
+def test_a_failed_fetch_is_queued_again_and_a_started_one_keeps_every_diff() -> None:
+    sync = BookSync(SYMBOL, buffer_size=2)
+    sync.on_diff(diff(1, 1))
+    sync.on_fetch_started()
+    sync.on_fetch_failed()
+    sync.on_diff(diff(2, 2))
+    assert sync.on_diff(diff(3, 3)) == ()  # queued again: room is made
+    sync.on_fetch_started()
+    assert reasons(sync.on_diff(diff(4, 4))) == ["buffer_full"]
 
 
 def test_disconnect_resyncs_and_the_next_diff_asks_again() -> None:

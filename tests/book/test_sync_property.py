@@ -99,6 +99,12 @@ def test_live_book_always_equals_truth(evolution: Evolution, data: st.DataObject
             feed(sync.on_diff(diff))
         elif fault == "disconnect":
             feed(sync.on_disconnect())
+        if requested:  # the fetch leaves the queue, or fails and is queued again
+            fetch = data.draw(st.sampled_from(["queued", "started", "failed"]), label="fetch")
+            if fetch == "started":
+                sync.on_fetch_started()
+            elif fetch == "failed":
+                sync.on_fetch_failed()
         if requested and data.draw(st.booleans(), label="serve snapshot"):
             requested = False
             index = data.draw(st.integers(max(0, produced - 4), produced), label="snapshot at")

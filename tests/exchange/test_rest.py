@@ -16,7 +16,7 @@ from marketpipe.exchange.snapshot_plan import SnapshotPlanner
 from marketpipe.exchange.snapshots import SnapshotScheduler
 from marketpipe.exchange.weights import WeightGate
 from marketpipe.infra.simulator import SimulatorProcess
-from marketpipe.ops.metrics import BAD_INPUT, REST_WEIGHT_USED
+from marketpipe.ops.metrics import BAD_INPUT, REST_WEIGHT_SPENT, REST_WEIGHT_USED
 from tests.exchange.support import admin, rest_requests, wait_for
 
 
@@ -58,6 +58,21 @@ async def test_server_errors_are_retried_with_backoff(exchange_sim: SimulatorPro
         snapshot = await rest.depth("BTCUSDT", 5)
     assert len(snapshot.bids) == 5
     assert [r["status"] for r in await rest_requests(exchange_sim)] == [503, 502, 500, 200]
+
+
+async def test_the_weight_spent_counts_every_request_sent_by_endpoint(
+    exchange_sim: SimulatorProcess,
+) -> None:
+    depth, info = (REST_WEIGHT_SPENT.labels(endpoint=e) for e in ("depth", "exchangeInfo"))
+    before = depth._value.get(), info._value.get()
+    fault = {"type": "rest_error", "status": 503, "count": 1, "path": "/api/v3/depth"}
+    await admin(exchange_sim, "POST", "faults", [fault])
+    async with ExchangeRest(exchange_sim.rest_url, backoff_cap_seconds=0.1) as rest:
+        await rest.depth("BTCUSDT", 100)  # refused once, then served: 2 x 5
+        await rest.depth("BTCUSDT", 5000)
+        await rest.exchange_info()
+    assert depth._value.get() - before[0] == 5 + 5 + 250
+    assert info._value.get() - before[1] == 20
 
 
 async def test_server_errors_give_up_after_max_attempts(exchange_sim: SimulatorProcess) -> None:
@@ -131,23 +146,26 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
 ) -> None:
     got: list[tuple[str, int]] = []
     failed: list[str] = []
+    started: list[str] = []
     async with ExchangeRest(exchange_sim.rest_url) as rest:
-        planner = SnapshotPlanner(weight_per_minute=60_000, priority_limit=1000, other_limit=100)
+        planner = SnapshotPlanner(weight_per_minute=60_000)
         scheduler = SnapshotScheduler(
             rest,
             planner,
             lambda s, snap: got.append((s, len(snap.bids))),
             lambda s, _err: failed.append(s),
+            on_fetch_started=started.append,
             max_in_flight=1,
         )
-        scheduler.request("ETHUSDT")
-        scheduler.request("NOPEUSDT")
-        scheduler.request("BTCUSDT", priority=True)
+        scheduler.request("ETHUSDT", limit=100)
+        scheduler.request("NOPEUSDT", limit=100)
+        scheduler.request("BTCUSDT", limit=1000, priority=True)
         task = asyncio.create_task(scheduler.run())
         await wait_for(lambda: len(got) + len(failed) == 3)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [s for s, _ in got] == ["BTCUSDT", "ETHUSDT"] and failed == ["NOPEUSDT"]
+    assert started == ["BTCUSDT", "ETHUSDT", "NOPEUSDT"]
     assert dict(got)["ETHUSDT"] <= 100 < dict(got)["BTCUSDT"]
     queries = [r["query"] for r in await rest_requests(exchange_sim, "/api/v3/depth")]
     assert queries == [
@@ -162,14 +180,16 @@ async def test_the_scheduler_stops_when_cancelled_right_after_a_request(
 ) -> None:
     got: list[str] = []
     async with ExchangeRest(exchange_sim.rest_url) as rest:
-        planner = SnapshotPlanner(weight_per_minute=600)  # the second snapshot waits its turn
+        planner = SnapshotPlanner(weight_per_minute=250)  # the second snapshot waits its turn
         scheduler = SnapshotScheduler(rest, planner, lambda s, _: got.append(s), lambda *_: None)
         task = asyncio.create_task(scheduler.run())
-        scheduler.request("ETHUSDT")
+        scheduler.request("ETHUSDT", limit=5000)
         await wait_for(lambda: got == ["ETHUSDT"])
-        scheduler.request("BNBUSDT")
+        scheduler.request("BNBUSDT", limit=5000)
         await asyncio.sleep(0.05)
-        scheduler.request("BTCUSDT", priority=True)  # wakes the loop as the cancel arrives
+        scheduler.request(
+            "BTCUSDT", limit=5000, priority=True
+        )  # wakes the loop as the cancel arrives
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
     assert done, "the scheduler ignored the cancel"

@@ -65,3 +65,34 @@ def test_a_request_heavier_than_the_budget_goes_when_nothing_else_is_in_flight()
     gate = WeightGate(limit=100, share=0.5)
     assert gate.try_acquire(250, 0.0) == 0
     assert gate.try_acquire(5, 1.0) == 59.0
+
+
+@given(requests=requests, peeks=st.lists(st.sampled_from([5, 25, 250, 5000]), max_size=5))
+def test_the_peek_tells_what_try_acquire_would_and_spends_nothing(
+    requests: list[tuple[float, int]], peeks: list[int]
+) -> None:
+    gate = WeightGate(limit=1000, share=0.5)
+    gate.observe_used(300, now=1_000_000.0)
+    now = 1_000_000.0
+    for gap, weight in requests:
+        now += gap
+        used = gate.used(now)
+        for peek in peeks:
+            assert gate.wait_for(peek, now) >= 0
+        assert gate.used(now) == used
+        wait = gate.wait_for(weight, now)
+        assert gate.try_acquire(weight, now) == wait
+        assert gate.used(now) == used + (weight if wait == 0 else 0)
+
+
+@given(weight=st.sampled_from([5, 25, 50, 250]), idle=st.floats(60, 600))
+def test_an_idle_budget_is_spendable_at_once_in_a_burst(weight: int, idle: float) -> None:
+    gate = WeightGate(limit=6000, share=0.5)
+    gate.try_acquire(gate.budget, 0.0)  # a full minute's worth spent long ago
+    now = idle
+    granted = 0
+    while gate.wait_for(weight, now) == 0:
+        assert gate.try_acquire(weight, now) == 0
+        granted += weight
+    assert granted == gate.budget // weight * weight  # all of it, no time passing
+    assert 0 < gate.wait_for(weight, now) <= 60 + 1e-6  # the burst comes back a minute on
