@@ -160,7 +160,11 @@ cdef inline void write_fragment(
 
 
 cdef class BookSide:
-    """One side, best level last (see the module's docstring)."""
+    """BookSide(is_ask, chunk=128)
+--
+
+One side, best level last (see the module's docstring). The signature above is the
+constructor's for ``inspect`` (and so for mypy's stubtest), which cannot read ``__cinit__``'s."""
 
     cdef Chunk **chunks
     cdef double *maxes  # each chunk's best key
