@@ -807,6 +807,10 @@ def render_view_message(
     """``head`` + the best ``bid_count`` bids + ``],"asks":[`` + the best ``ask_count`` asks +
     ``],"checksum":N}``: a whole ``orderbook.<SYMBOL>`` message in one allocation and a few
     copies, with the levels it holds."""
+    if bids.is_ask or not asks.is_ask:
+        raise ValueError("bids must be a side of bids and asks a side of asks")
+    check_count(bid_count)
+    check_count(ask_count)
     cdef const char *middle = b'],"asks":['
     cdef Py_ssize_t middle_len = 10
     cdef Py_ssize_t head_len = len(head)
@@ -815,10 +819,6 @@ def render_view_message(
     cdef Py_ssize_t size, tail_len
     cdef char *to
     cdef char tail[32]
-    if bids.is_ask or not asks.is_ask:
-        raise ValueError("bids must be a side of bids and asks a side of asks")
-    check_count(bid_count)
-    check_count(ask_count)
     view.checksum = view_checksum(bids, bid_count, asks, ask_count)
     tail_len = snprintf(tail, 32, b'],"checksum":%lu}', view.checksum)
     size = head_len + bids_len + middle_len + asks._json_size(ask_count) + tail_len
