@@ -1,16 +1,30 @@
 from collections.abc import Sequence
+from typing import Self
+
+from typing_extensions import disjoint_base
 
 CHUNK: int
 INF: float
 
+# Each class is a C type (``cdef class``): read-only attributes, no two of them as bases together.
+
+@disjoint_base
 class BookSide:
-    is_ask: bool
-    chunk: int
-    count: int
-    floor: float
-    cap: int
-    most: int
-    def __init__(self, is_ask: bool, chunk: int = ...) -> None: ...
+    @property
+    def is_ask(self) -> bool: ...
+    @property
+    def chunk(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def floor(self) -> float: ...
+    @property
+    def cap(self) -> int: ...
+    @property
+    def most(self) -> int: ...
+    @property
+    def identity(self) -> int: ...
+    def __new__(cls, is_ask: bool, chunk: int = ...) -> Self: ...
     def __len__(self) -> int: ...
     def load(
         self,
@@ -32,14 +46,21 @@ class BookSide:
     def layout(self) -> list[tuple[list[float], bytes, bytes]]: ...
     def chunk_bests(self) -> list[float]: ...
 
+@disjoint_base
 class ViewSide:
-    count: int
+    @property
+    def count(self) -> int: ...
 
+@disjoint_base
 class PublishedView:
-    message: bytes
-    checksum: int
-    bids: ViewSide
-    asks: ViewSide
+    @property
+    def message(self) -> bytes: ...
+    @property
+    def checksum(self) -> int: ...
+    @property
+    def bids(self) -> ViewSide: ...
+    @property
+    def asks(self) -> ViewSide: ...
     def delta_message(self, previous: PublishedView, prev_update_id: int) -> bytes: ...
 
 def render_view_message(

@@ -27,6 +27,7 @@ below the diffs' horizon (``load``): deeper, a level could change unseen.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.float cimport DBL_MAX
 from libc.stdio cimport snprintf
 from libc.string cimport memcmp, memcpy, memmove
 
@@ -89,6 +90,28 @@ cdef inline Py_ssize_t leading(const Chunk *c, Py_ssize_t at) noexcept nogil:
     return c.size - sum_lens(c.lens, at)
 
 
+cdef inline int check_level(object price, object quantity, double key, double size) except -1:
+    """A level's arguments as the side is given them: the exchange's two strings and
+    ``checked_numbers``' floats for them (price positive and finite, quantity finite and >= 0).
+    The side runs without bounds checks: whatever it is given must be what it assumes."""
+    if not (isinstance(price, str) and isinstance(quantity, str)):
+        raise TypeError(
+            f"a level is (price, quantity) as str, not "
+            f"({type(price).__name__}, {type(quantity).__name__})"
+        )
+    if not 0.0 < key <= DBL_MAX:
+        raise ValueError(f"price {price!r}: its number must be positive and finite, not {key!r}")
+    if not 0.0 <= size <= DBL_MAX:
+        raise ValueError(f"quantity {quantity!r}: its number must be finite and >= 0, not {size!r}")
+    return 0
+
+
+cdef inline int check_count(Py_ssize_t count) except -1:
+    if count < 0:
+        raise ValueError(f"count must be >= 0, not {count}")
+    return 0
+
+
 cdef int reserve(Chunk *c, Py_ssize_t size) except -1:
     cdef char *blob
     cdef Py_ssize_t room
@@ -137,7 +160,11 @@ cdef inline void write_fragment(
 
 
 cdef class BookSide:
-    """One side, best level last (see the module's docstring)."""
+    """BookSide(is_ask, chunk=128)
+--
+
+One side, best level last (see the module's docstring). The signature above is the
+constructor's for ``inspect`` (and so for mypy's stubtest), which cannot read ``__cinit__``'s."""
 
     cdef Chunk **chunks
     cdef double *maxes  # each chunk's best key
@@ -212,7 +239,7 @@ cdef class BookSide:
     def load(self, levels, numbers, limit, Py_ssize_t horizon):
         """Replace the side by a snapshot's levels (``numbers``: ``checked_numbers``' floats)
         that was asked for ``limit`` levels (None: unknown); diffs report changes only within
-        the top ``horizon`` levels of a side."""
+        the top ``horizon`` levels of a side (at least 2: the window keeps one level)."""
         cdef dict merged = {}
         cdef double sign = -1.0 if self.is_ask else 1.0
         cdef Py_ssize_t received, taken, i, within, length
@@ -221,8 +248,16 @@ cdef class BookSide:
         cdef const char *q
         cdef Py_ssize_t p_len, q_len
         cdef list keys
+        if limit is not None:
+            if not isinstance(limit, int):
+                raise TypeError(f"limit must be an int or None, not {type(limit).__name__}")
+            if limit < 1:
+                raise ValueError(f"limit must be at least 1 level (or None), not {limit}")
+        if horizon < 2:
+            raise ValueError(f"horizon must be at least 2 levels, not {horizon}")
         for level, (key, size) in zip(levels, numbers, strict=True):
             price, quantity = level
+            check_level(price, quantity, key, size)
             p = PyUnicode_AsUTF8AndSize(price, &p_len)
             PyUnicode_AsUTF8AndSize(quantity, &q_len)
             if p_len > SHORT_PRICE:
@@ -267,23 +302,29 @@ cdef class BookSide:
         self.most = min(self.cap + (self.cap >> 2), within)
 
     def apply(self, levels, numbers):
-        """Set the levels of a diff (``numbers``: ``checked_numbers``' floats for them)."""
+        """Set the levels of a diff (``numbers``: ``checked_numbers``' floats for them) on a
+        loaded side."""
         cdef Py_ssize_t i, n = len(levels)
-        cdef tuple pair
+        cdef double key, size
         if len(numbers) != n:
             raise ValueError("one (price, quantity) of numbers per level")
+        if not self.cap:  # load() sets it, to 1 or more
+            raise ValueError("apply() before load(): a side's window comes from its snapshot")
         for i in range(n):
-            level = levels[i]
-            pair = numbers[i]
-            self._set(level[0], level[1], pair[0], pair[1])
+            price, quantity = levels[i]
+            key, size = numbers[i]
+            self._set(price, quantity, key, size)
         if self.count > self.most:
             self._prune()
 
     cdef int _set(self, object price, object quantity, double key, double size) except -1:
         cdef Py_ssize_t p_len, q_len, length, at_chunk, at, start, end, grow
-        cdef const char *p = PyUnicode_AsUTF8AndSize(price, &p_len)
-        cdef const char *q = PyUnicode_AsUTF8AndSize(quantity, &q_len)
+        cdef const char *p
+        cdef const char *q
         cdef Chunk *c
+        check_level(price, quantity, key, size)
+        p = PyUnicode_AsUTF8AndSize(price, &p_len)
+        q = PyUnicode_AsUTF8AndSize(quantity, &q_len)
         if p_len > SHORT_PRICE:
             check_precision(price, quantity)
         if self.is_ask:
@@ -461,6 +502,7 @@ cdef class BookSide:
     def best_json(self, Py_ssize_t count):
         """The JSON of the best ``count`` levels, best first, comma-separated: the body of the
         side's array."""
+        check_count(count)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, self._json_size(count))
         self._write_best(count, PyBytes_AS_STRING(out))
         return out
@@ -471,6 +513,8 @@ cdef class BookSide:
         cdef Py_ssize_t at_chunk = bisect_left(self.maxes, self.n_chunks, key), at, i, later = 0
         cdef Py_ssize_t start
         cdef Chunk *c
+        if key != key:
+            raise ValueError("key must be a number, not NaN")
         if at_chunk == self.n_chunks:
             return 0, None
         c = self.chunks[at_chunk]
@@ -486,6 +530,8 @@ cdef class BookSide:
     def covers(self, price):
         """Whether the side knows the truth at this price (inside its window)."""
         key = -float(price) if self.is_ask else float(price)
+        if key != key:
+            raise ValueError(f"price must be a number, not {price!r}")
         return key >= self.floor
 
     def fragments(self, count=None):
@@ -493,8 +539,9 @@ cdef class BookSide:
         audits; not the hot path)."""
         cdef list chosen = []
         cdef Py_ssize_t at_chunk, i, start
+        cdef Py_ssize_t wanted = self.count if count is None else count
         cdef Chunk *c
-        wanted = self.count if count is None else count
+        check_count(wanted)
         for at_chunk in range(self.n_chunks - 1, -1, -1):
             c = self.chunks[at_chunk]
             start = 0
@@ -704,11 +751,15 @@ cdef class PublishedView:
     cdef readonly ViewSide bids
     cdef readonly ViewSide asks
 
-    def delta_message(self, PublishedView previous, long long prev_update_id):
+    def delta_message(self, PublishedView previous not None, long long prev_update_id):
         """The ``delta.orderbook.<SYMBOL>`` message from ``previous`` (whose ``lastUpdateId``
         is ``prev_update_id``) to this view: this message's head with ``prevUpdateId`` after
         ``lastUpdateId``, the bids that differ, ``],"asks":[``, the asks that differ, and the
         checksum (DESIGN §10: a quantity of "0" removes a level)."""
+        if self.message is None or previous.message is None:
+            raise TypeError("a PublishedView comes from render_view_message()")
+        if prev_update_id < 0:
+            raise ValueError(f"prev_update_id must be >= 0, not {prev_update_id}")
         cdef const char *old = PyBytes_AS_STRING(previous.message)
         cdef const char *now = PyBytes_AS_STRING(self.message)
         cdef Py_ssize_t head_len = self.bids.start, at = 0, size, written
@@ -747,11 +798,19 @@ cdef class PublishedView:
 
 
 def render_view_message(
-    bytes head, BookSide bids, Py_ssize_t bid_count, BookSide asks, Py_ssize_t ask_count
+    bytes head not None,
+    BookSide bids not None,
+    Py_ssize_t bid_count,
+    BookSide asks not None,
+    Py_ssize_t ask_count,
 ):
     """``head`` + the best ``bid_count`` bids + ``],"asks":[`` + the best ``ask_count`` asks +
     ``],"checksum":N}``: a whole ``orderbook.<SYMBOL>`` message in one allocation and a few
     copies, with the levels it holds."""
+    if bids.is_ask or not asks.is_ask:
+        raise ValueError("bids must be a side of bids and asks a side of asks")
+    check_count(bid_count)
+    check_count(ask_count)
     cdef const char *middle = b'],"asks":['
     cdef Py_ssize_t middle_len = 10
     cdef Py_ssize_t head_len = len(head)
