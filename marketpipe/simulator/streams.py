@@ -460,15 +460,15 @@ class StreamHub:
                 conn.push(self._malformed(fault, conn))
 
     def _to_mute(self, fault: Fault, conn: Connection) -> set[str]:
-        """The fault's stream, or every stream of its symbol the connection subscribed to."""
-        if fault.stream is not None:
-            return {canonical_stream(fault.stream)}
+        """The fault's stream, or every stream of its symbol, that the connection subscribed to
+        (one it subscribes later flows)."""
         prefix = (fault.symbol or "").lower() + "@"
-        return {
+        held = {
             canonical_stream(name)
             for name in conn.session.subscriptions
             if name.lower().startswith(prefix)
         }
+        return held if fault.stream is None else held & {canonical_stream(fault.stream)}
 
     def _malformed(self, fault: Fault, conn: Connection) -> bytes:
         if fault.kind == "not_json":
