@@ -23,8 +23,11 @@ from marketpipe.infra.simulator import SimulatorProcess
 
 SYMBOLS = 12
 DETECTED_WITHIN = 30.0  # the bound; the default QUIET_BOOK_SECONDS (10) + grace (2)
-# Two links of 6 streams: the muted pair's link carries 5 other pairs that keep flowing.
-ENV = {"MARKETPIPE_STREAMS_PER_CONNECTION": "6"}
+# Two links of 6 streams: the muted pair's link carries 5 other pairs that keep flowing. The
+# market moves every 0.15 s, so every link carries frames all the time: silence of a whole link
+# is judged over 10 s, not the rig's 1.5 s, which a loaded machine (a stalled test or service)
+# can exceed, closing every link at once (a disconnect of every book, not what is tested here).
+ENV = {"MARKETPIPE_STREAMS_PER_CONNECTION": "6", "MARKETPIPE_SILENT_CONNECTION_SECONDS": "10"}
 
 
 @pytest.fixture
