@@ -88,7 +88,8 @@ class QuietBooks:
         pair = self._pairs.get(symbol)
         if pair is not None:
             pair.since = now
-            pair.update_id = update_id
+            if pair.update_id is None or update_id > pair.update_id:  # a late one is older
+                pair.update_id = update_id
             pair.diffs += 1
             pair.backoff = 1
             pair.stale_at = None

@@ -144,6 +144,16 @@ def test_a_diff_within_the_grace_clears_the_suspicion() -> None:
     assert quiet.tick(12.5).stale == [] and quiet.tick(30.0).stale == []
 
 
+def test_a_late_diff_does_not_make_a_quiet_pair_look_behind() -> None:
+    quiet = QuietBooks(QUIET, BUDGET)
+    quiet.watch("A", 0.0)
+    quiet.diff("A", 7, 0.0)
+    quiet.diff("A", 6, 0.0)  # reordered on the way: the book is at 7
+    assert quiet.tick(10.0).check == ["A"]
+    quiet.checked("A", 7, 10.1)
+    assert quiet.tick(13.0).stale == [] and quiet.tick(25.0).check == []  # quiet: backed off
+
+
 def test_a_diff_during_the_check_or_a_stream_down_voids_it() -> None:
     quiet = QuietBooks(QUIET, BUDGET)
     quiet.watch("A", 0.0)
