@@ -68,6 +68,9 @@ class Settings(BaseModel):
     )
     diff_buffer_size: int = Field(default=1000, ge=1)
     audit_interval_seconds: float = Field(default=0.0, ge=0, description="0: off")
+    quiet_book_seconds: float = Field(
+        default=10.0, gt=0, description="a pair without a diff this long is checked by snapshot"
+    )
 
     # Exchange connections and REST budget.
     streams_per_connection: int = Field(default=200, ge=1, le=1024)

@@ -1,7 +1,8 @@
 """The per-symbol sync engine: Binance's local order book procedure as a pure state machine.
 
-Events in (``on_diff``, ``on_snapshot``, ``on_disconnect``, ``on_fetch_started``/``_failed``),
-actions out; no I/O, no clock. The procedure is binance-spot.md §3.1 with the notes of §3.3:
+Events in (``on_diff``, ``on_snapshot``, ``on_disconnect``, ``on_stale``, ``on_window_lost``,
+``on_fetch_started``/``_failed``), actions out; no I/O, no clock. The procedure is
+binance-spot.md §3.1 with the notes of §3.3:
 
 * every diff is buffered from the first one; the first buffered diff asks for a snapshot;
 * a snapshot with ``lastUpdateId`` < the first buffered ``U`` is too old: fetch again, keep the
@@ -174,6 +175,14 @@ class BookSync:
     def on_disconnect(self) -> Sequence[Action]:
         """The diff stream was lost: whatever comes next may have a gap."""
         return self._reset("disconnect", "stream disconnected")
+
+    def on_stale(self, exchange_update_id: int) -> Sequence[Action]:
+        """The exchange stood at ``exchange_update_id`` (a snapshot) while this book, beyond it
+        by then, saw no diff: its stream delivers nothing, the book is old. Resync."""
+        if self.state is not BookState.LIVE or exchange_update_id <= self.last_update_id:
+            return ()
+        detail = f"exchange at {exchange_update_id}, book at {self.last_update_id}"
+        return self._reset("stale", detail)
 
     def on_window_lost(self) -> Sequence[Action]:
         """The view needs levels beyond the book's window (``render_view`` gave None): the market

@@ -17,6 +17,9 @@ Decisions made here:
   (or ``overlap_seconds`` have passed since its first frame). Nothing is lost; duplicates are;
 - a link with no frame at all (data or ping) for ``silent_seconds`` is dropped: frames may be
   lost already, so its streams go down and a new link is opened;
+- one stream the consumer finds dead on a link that is otherwise alive is *resubscribed*:
+  UNSUBSCRIBE, then SUBSCRIBE once the exchange acknowledged it (paced like any control
+  message); the stream is not reported down meanwhile (the consumer already knows);
 - a link that drops without a live replacement takes its streams down; reconnection waits a
   full-jitter backoff that resets once a link delivers.
 """
@@ -118,6 +121,7 @@ class LinkState:
     pending: dict[int, tuple[str, frozenset[str]]] = field(default_factory=dict)
     rejected: set[str] = field(default_factory=set)
     seen: set[str] = field(default_factory=set)
+    resubscribing: set[str] = field(default_factory=set)  # to unsubscribe, then subscribe again
     replace_reason: str | None = None
     pacer: ControlPacer = field(default_factory=ControlPacer)
 
@@ -196,6 +200,17 @@ class StreamPlan:
                 slot.wanted.discard(stream)
                 slot.up.discard(stream)
 
+    def resubscribe(self, stream: str) -> bool:
+        """Subscribe ``stream`` afresh on the link that holds it (it delivers nothing although
+        the link is alive). False when no connected link holds it (nothing to do: a link that
+        subscribes it anew is on its way)."""
+        slot = self._slot_of_stream.get(stream)
+        link = None if slot is None else slot.primary
+        if link is None or link.connected_at is None or stream not in link.subscribed:
+            return False
+        link.resubscribing.add(stream)
+        return True
+
     # What happened on the wire.
     def link(self, link_id: int) -> LinkState | None:
         return self._links.get(link_id)
@@ -236,9 +251,13 @@ class StreamPlan:
             return False
         method, streams = link.pending.pop(request_id)
         if error is not None:
-            link.rejected |= streams
+            # a refused UNSUBSCRIBE of a resubscription leaves the stream subscribed: give up
+            kept = streams & link.resubscribing if method == "UNSUBSCRIBE" else frozenset()
+            link.resubscribing -= streams
+            link.rejected |= streams - kept
         elif method == "SUBSCRIBE":
             link.subscribed |= streams
+            link.resubscribing -= streams
         else:
             link.subscribed -= streams
         return True
@@ -313,7 +332,7 @@ class StreamPlan:
         primary = slot.primary
         if primary is None or primary.connected_at is None:
             return
-        lost = slot.up - primary.subscribed
+        lost = slot.up - primary.subscribed - primary.resubscribing
         if lost:
             self._outbox.append(StreamsDown(frozenset(lost), "replaced"))
             slot.up -= lost
@@ -323,8 +342,11 @@ class StreamPlan:
             self._outbox.append(StreamsUp(frozenset(newly)))
 
     def _sync(self, link: LinkState, slot: Slot, now: float) -> None:
+        link.resubscribing &= slot.wanted
         subscribe = slot.wanted - link.subscribed - link.rejected - link.in_flight("SUBSCRIBE")
-        unsubscribe = link.subscribed - slot.wanted - link.in_flight("UNSUBSCRIBE")
+        unsubscribe = (
+            (link.subscribed - slot.wanted) | (link.subscribed & link.resubscribing)
+        ) - link.in_flight("UNSUBSCRIBE")
         for method, streams in (("UNSUBSCRIBE", unsubscribe), ("SUBSCRIBE", subscribe)):
             ordered = sorted(streams)
             while ordered and link.pacer.wait(now) == 0.0:

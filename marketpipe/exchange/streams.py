@@ -103,6 +103,12 @@ class StreamHub:
         self.plan.remove(streams)
         self._wakeup.set()
 
+    def resubscribe(self, streams: Iterable[str]) -> None:
+        """Subscribe these streams afresh on their links (see ``StreamPlan.resubscribe``)."""
+        for stream in streams:
+            self.plan.resubscribe(stream)
+        self._wakeup.set()
+
     @property
     def connected_links(self) -> int:
         return len(self._sockets)

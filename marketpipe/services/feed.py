@@ -106,6 +106,10 @@ class PairFeed:
         self.pairs = set(symbols)
         self.hub.set_streams(f"{s.lower()}@{self.kind}" for s in self.pairs)
 
+    def resubscribe(self, symbols: Iterable[str]) -> None:
+        """Subscribe these pairs' streams afresh: they deliver nothing on a live link."""
+        self.hub.resubscribe(f"{s.lower()}@{self.kind}" for s in symbols)
+
     async def start(self) -> None:
         self._running = [
             # the hub's links and plan cannot be rebuilt in place: a failure ends the instance

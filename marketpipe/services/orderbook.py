@@ -14,6 +14,9 @@ A wiring of pure rooms (see docs/orderbook.md):
   delta from the pair's previous published view on ``delta.orderbook.<SYMBOL>`` (a
   :class:`~marketpipe.book.delta.ViewPublisher` per pair, DESIGN §10);
 - status: ``status.orderbook.<SYMBOL>`` tells syncing / live / resyncing (+ reason);
+- quiet books: :class:`~marketpipe.services.quiet_books.QuietBooks` says which pairs without a
+  diff for a while to check with a small snapshot, and which it found stale (the exchange moved
+  on, no diff came): that book resyncs and its stream is resubscribed;
 - audit (optional): a live book against a fresh small REST snapshot at the same update id.
 """
 
@@ -61,6 +64,7 @@ from marketpipe.services.book_status import LIVE, StatusBoard, status_subject
 from marketpipe.services.feed import PairFeed, make_rest
 from marketpipe.services.feed_messages import stamp
 from marketpipe.services.publish_throttle import PublishThrottle
+from marketpipe.services.quiet_books import CHECK_LIMIT, QuietBooks
 from marketpipe.services.runtime import ServiceContext, run_service
 from marketpipe.services.sync_admission import SyncAdmission
 from marketpipe.sources.assets import Universe
@@ -86,6 +90,7 @@ ADMISSION_TICK_SECONDS = 0.25
 # last one always lands): at one 16 KB book per pair every 100 ms, writing each to Redis cost
 # about as much as publishing it on NATS. Readers that need every book take NATS.
 CACHE_FLUSH_SECONDS = 0.5
+QUIET_TICK_SECONDS = 0.5
 
 
 def _decode(raw: bytes) -> MarketEvent:
@@ -116,6 +121,7 @@ class OrderbookService:
             self.rest,
             on_universe=self._on_universe,
             on_pairs_down=self._on_pairs_down,
+            on_pairs_up=self._on_pairs_up,
             decode=_decode,
         )
         self.book_settings = SettingsSource(settings, self._on_settings)
@@ -127,6 +133,8 @@ class OrderbookService:
         self.status = StatusBoard()
         self.audits = AuditBook()
         self.admission = SyncAdmission(ADMISSION_WINDOW)
+        self.quiet = QuietBooks(settings.quiet_book_seconds, self.planner.weight_per_minute)
+        self._checks: set[asyncio.Task[None]] = set()
         self._seq: dict[str, int] = {}
         self._views: dict[str, ViewPublisher] = {}
         self._asked_limit: dict[str, int] = {}
@@ -148,6 +156,7 @@ class OrderbookService:
         tasks.spawn("orderbook-publish", self._publish_forever)
         tasks.spawn("orderbook-status", self._republish_status_forever)
         tasks.spawn("orderbook-admission", self._admit_forever)
+        tasks.spawn("orderbook-quiet", self._verify_quiet_forever)
         if self.settings.audit_interval_seconds > 0:
             tasks.spawn("orderbook-audit", self._audit_forever)
         await self.feed.start()
@@ -233,6 +242,7 @@ class OrderbookService:
         self._views.pop(symbol, None)
         self._asked_limit.pop(symbol, None)
         self._ever_live.discard(symbol)
+        self.quiet.remove(symbol)
         self._set_status(symbol, "stopped", "removed", int(time.time() * 1000))
         self.status.remove(symbol)
         del self._shard[symbol]
@@ -252,6 +262,7 @@ class OrderbookService:
             BAD_INPUT.labels(source="exchange_ws", kind="unexpected_event").inc()
             return
         symbol = event.symbol
+        self.quiet.diff(symbol, event.final_update_id, time.monotonic())
         if symbol not in self.admission.admitted:
             return  # not building this book yet, or a pair just removed from the universe
         sync = self.books[symbol]
@@ -259,9 +270,16 @@ class OrderbookService:
 
     def _on_pairs_down(self, symbols: set[str]) -> None:
         for symbol in symbols:
+            self.quiet.pause(symbol)
             sync = self.books.get(symbol)
             if sync is not None:
                 self._act(symbol, sync, sync.on_disconnect())
+
+    def _on_pairs_up(self, symbols: set[str]) -> None:
+        now = time.monotonic()
+        for symbol in symbols:
+            if symbol in self.books:
+                self.quiet.watch(symbol, now)
 
     def _request_snapshot(self, symbol: str, resync: bool) -> None:
         priority = symbol in self.priority
@@ -443,6 +461,43 @@ class OrderbookService:
         for part in itertools.cycle(range(STATUS_REPUBLISH_SLICES)):
             await asyncio.sleep(STATUS_REPUBLISH_SECONDS / STATUS_REPUBLISH_SLICES)
             self._queue_all_status(part, STATUS_REPUBLISH_SLICES)
+
+    # --- quiet books ---
+
+    async def _verify_quiet_forever(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(QUIET_TICK_SECONDS)
+                decisions = self.quiet.tick(time.monotonic())
+                for symbol, exchange_id in decisions.stale:
+                    self._on_stale(symbol, exchange_id)
+                for symbol in decisions.check:
+                    task = asyncio.create_task(self._check_quiet(symbol), name=f"quiet-{symbol}")
+                    self._checks.add(task)
+                    task.add_done_callback(self._checks.discard)
+        finally:
+            for task in self._checks:
+                task.cancel()
+
+    async def _check_quiet(self, symbol: str) -> None:
+        try:
+            reply = await self.rest.depth(symbol, CHECK_LIMIT)
+        except (ExchangeError, ExchangeUnavailable) as exc:
+            log.warning("quiet_check_failed", symbol=symbol, error=str(exc))
+            self.quiet.check_failed(symbol, time.monotonic())
+            return
+        self.quiet.checked(symbol, reply.last_update_id, time.monotonic())
+
+    def _on_stale(self, symbol: str, exchange_id: int) -> None:
+        """The exchange moved past what the pair's stream delivered, and nothing came since."""
+        sync = self.books.get(symbol)
+        if sync is None:
+            return
+        log.warning(
+            "stream_stale", symbol=symbol, exchange_id=exchange_id, book_id=sync.last_update_id
+        )
+        self._act(symbol, sync, sync.on_stale(exchange_id))
+        self.feed.resubscribe([symbol])
 
     # --- audit ---
 

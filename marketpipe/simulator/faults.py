@@ -1,8 +1,8 @@
 """Fault injection plans, with no I/O: what to do to the next diff event or REST request.
 
 A fault is a JSON object with a ``type`` (see docs/simulator.md). Standing faults (drop, duplicate,
-reorder, stale/slow snapshots, REST errors) live here; one-shot actions on connections (close,
-malformed frames, silence, serverShutdown) are carried out by the server at once.
+reorder, stale/slow snapshots, REST errors) live here; actions on connections (close, malformed
+frames, silence, muting a stream, serverShutdown) are carried out by the server at once.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from marketpipe.simulator.protocol import InvalidStream, canonical_stream
+
 DIFF_FAULTS = ("drop", "duplicate", "reorder")
-CONNECTION_FAULTS = ("close", "malformed", "silent", "server_shutdown")
+CONNECTION_FAULTS = ("close", "malformed", "silent", "mute_stream", "server_shutdown")
 MALFORMED_KINDS = ("not_json", "wrong_types", "bad_sequence")
 REST_STATUSES = (429, 418, 500, 502, 503, 504)
 REST_FAULTS = ("rest_error", "rest_malformed")  # rest_malformed: HTTP 200, unreadable body
@@ -36,6 +38,7 @@ class Fault:
     code: int = 1000
     abrupt: bool = False
     kind: str = "not_json"
+    stream: str | None = None  # mute_stream: this stream (None: every stream of the symbol)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -67,9 +70,27 @@ def parse_fault(data: Any) -> Fault:
         raise FaultError(f"kind must be one of {', '.join(MALFORMED_KINDS)}")
     if fault.type == "rest_malformed" and fault.kind not in REST_MALFORMED_KINDS:
         raise FaultError(f"kind must be one of {', '.join(REST_MALFORMED_KINDS)}")
+    if fault.type == "mute_stream":
+        _check_mute(fault)
     if fault.type == "stale_snapshot" and fault.count is None:
         fault.count = 1
     return fault
+
+
+def _check_mute(fault: Fault) -> None:
+    """A muted stream is a valid stream name; its symbol is the fault's (or taken from it)."""
+    if fault.stream is None:
+        if fault.symbol is None:
+            raise FaultError("mute_stream needs a symbol or a stream")
+        return
+    try:
+        stream = canonical_stream(str(fault.stream))
+    except InvalidStream:
+        raise FaultError(f"invalid stream {fault.stream!r}") from None
+    symbol = stream.partition("@")[0].upper()
+    if fault.symbol is not None and fault.symbol != symbol:
+        raise FaultError(f"stream {fault.stream!r} is not a stream of {fault.symbol}")
+    fault.symbol = symbol
 
 
 @dataclass

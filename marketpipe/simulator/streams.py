@@ -65,6 +65,7 @@ class Connection:
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.silent = False
+        self.muted: set[str] = set()  # streams (as fed) not sent to this connection (a fault)
         self.opened = time.monotonic()
         self.last_pong = self.opened
         self.ping_payload = b""
@@ -203,6 +204,8 @@ class StreamHub:
         raw = b""
         wrapped: dict[str, bytes] | None = None
         for conn, names in subscribers.items():
+            if conn.muted and stream in conn.muted:
+                continue
             if conn.session.combined:
                 if wrapped is None:
                     wrapped = {}
@@ -329,6 +332,7 @@ class StreamHub:
             aliases = subscribers.get(conn, [])
             if name in aliases:
                 aliases.remove(name)
+                conn.muted.discard(stream)  # subscribed again, it flows again
                 if not aliases:
                     del subscribers[conn]
                 if not subscribers:
@@ -443,6 +447,9 @@ class StreamHub:
             for conn in targets:
                 conn.silent = True
                 conn.queue.clear()
+        elif fault.type == "mute_stream":
+            for conn in targets:
+                conn.muted |= self._to_mute(fault, conn)
         elif fault.type == "server_shutdown":
             event = orjson.dumps({"e": "serverShutdown", "E": now_ms()})
             wrapped = b'{"stream":"!serverShutdown","data":%s}' % event
@@ -451,6 +458,17 @@ class StreamHub:
         elif fault.type == "malformed":
             for conn in targets:
                 conn.push(self._malformed(fault, conn))
+
+    def _to_mute(self, fault: Fault, conn: Connection) -> set[str]:
+        """The fault's stream, or every stream of its symbol, that the connection subscribed to
+        (one it subscribes later flows)."""
+        prefix = (fault.symbol or "").lower() + "@"
+        held = {
+            canonical_stream(name)
+            for name in conn.session.subscriptions
+            if name.lower().startswith(prefix)
+        }
+        return held if fault.stream is None else held & {canonical_stream(fault.stream)}
 
     def _malformed(self, fault: Fault, conn: Connection) -> bytes:
         if fault.kind == "not_json":
@@ -487,9 +505,10 @@ class StreamHub:
         )
 
     def unsilence(self) -> None:
-        """Lift the connection faults that last (``DELETE /admin/faults``)."""
+        """Lift the connection faults that last (``DELETE /admin/faults``): silence, muting."""
         for conn in self.connections:
             conn.silent = False
+            conn.muted.clear()
 
     def describe(self) -> list[dict[str, Any]]:
         """The open connections, for ``GET /admin/connections``."""
@@ -500,6 +519,7 @@ class StreamHub:
                 "streams": list(c.session.subscriptions),
                 "combined": c.session.combined,
                 "silent": c.silent,
+                "muted": sorted(c.muted),
                 "queued": len(c.queue),
             }
             for c in self.connections

@@ -191,5 +191,16 @@ def test_snapshot_answering_a_request_from_before_a_disconnect_waits_for_a_diff(
     assert sync.on_diff(diff(9, 9)) == (FetchSnapshot("sync"),)
 
 
+def test_a_book_the_exchange_moved_past_without_a_diff_resyncs() -> None:
+    sync = live_at(100)  # at 101 after the buffered diff
+    assert sync.on_stale(101) == ()  # the exchange is where the book is: a quiet pair
+    actions = sync.on_stale(105)
+    assert reasons(actions) == ["stale"]
+    assert StateChanged(BookState.RESYNCING, "stale") in actions
+    assert not any(isinstance(a, FetchSnapshot) for a in actions)  # the next diff asks
+    assert sync.on_stale(200) == ()  # not live: nothing more to discard
+    assert sync.on_diff(diff(300, 301)) == (FetchSnapshot("sync"),)
+
+
 def test_state_is_a_string_for_status_messages() -> None:
     assert BookState.LIVE == "live" and BookState.RESYNCING == "resyncing"

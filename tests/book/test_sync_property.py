@@ -65,7 +65,7 @@ def check(sync: BookSync, evolution: Evolution) -> bool:
     return True
 
 
-FAULTS = st.sampled_from(["deliver"] * 6 + ["drop", "duplicate", "swap", "disconnect"])
+FAULTS = st.sampled_from(["deliver"] * 6 + ["drop", "duplicate", "swap", "disconnect", "stale"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -99,6 +99,8 @@ def test_live_book_always_equals_truth(evolution: Evolution, data: st.DataObject
             feed(sync.on_diff(diff))
         elif fault == "disconnect":
             feed(sync.on_disconnect())
+        elif fault == "stale":  # a check found the exchange where it is now
+            feed(sync.on_stale(evolution.states[produced].update_id))
         if requested:  # the fetch leaves the queue, or fails and is queued again
             fetch = data.draw(st.sampled_from(["queued", "started", "failed"]), label="fetch")
             if fetch == "started":

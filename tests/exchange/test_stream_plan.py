@@ -47,18 +47,25 @@ def test_no_slot_ever_holds_more_than_its_share(
 
 
 @given(
-    moves=st.lists(st.tuples(st.floats(0, 0.7), st.sets(st.sampled_from(names))), max_size=40),
+    moves=st.lists(
+        st.tuples(
+            st.floats(0, 0.7), st.sets(st.sampled_from(names)), st.sets(st.sampled_from(names))
+        ),
+        max_size=40,
+    ),
 )
 def test_control_messages_stay_under_five_per_second_per_link(
-    moves: list[tuple[float, set[str]]],
+    moves: list[tuple[float, set[str], set[str]]],
 ) -> None:
     plan = StreamPlan(per_connection=1024)
     now = 0.0
     sent: dict[int, list[float]] = {}
     connect_all(plan, now)
-    for gap, streams in moves:
+    for gap, streams, dead in moves:
         now += gap
         plan.set_streams(streams)
+        for stream in dead:  # resubscriptions are paced with the rest
+            plan.resubscribe(stream)
         for action in connect_all(plan, now):
             if isinstance(action, SendControl):
                 sent.setdefault(action.link_id, []).append(now)
@@ -102,6 +109,49 @@ def test_live_changes_are_subscribed_and_acknowledged_before_going_up() -> None:
         plan.on_reply(c.link_id, c.request_id, None)
     assert of(plan.tick(1.1), StreamsUp) == [StreamsUp(frozenset({"c@trade"}))]
     assert not plan.on_reply(controls[0].link_id, 999, None)
+
+
+def test_a_resubscribed_stream_is_unsubscribed_then_subscribed_and_stays_up() -> None:
+    plan = StreamPlan(per_connection=10)
+    plan.set_streams(["a@trade", "b@trade"])
+    connect_all(plan, 0.0)
+    assert not plan.resubscribe("c@trade")  # not a stream of the plan
+    assert plan.resubscribe("a@trade")
+    actions = plan.tick(1.0)
+    (unsubscribe,) = of(actions, SendControl)
+    assert (unsubscribe.method, unsubscribe.streams) == ("UNSUBSCRIBE", ("a@trade",))
+    assert not of(plan.tick(1.1), SendControl)  # SUBSCRIBE only once the exchange acknowledged
+    plan.on_reply(unsubscribe.link_id, unsubscribe.request_id, None)
+    actions = plan.tick(1.2)
+    (subscribe,) = of(actions, SendControl)
+    assert (subscribe.method, subscribe.streams) == ("SUBSCRIBE", ("a@trade",))
+    plan.on_reply(subscribe.link_id, subscribe.request_id, None)
+    actions += plan.tick(1.3) + plan.tick(2.0)
+    assert not of(actions, StreamsDown) and not of(actions, StreamsUp)  # up all along
+    assert not of(actions, SendControl)[1:]
+
+
+def test_a_refused_resubscription_leaves_the_stream_as_it_was() -> None:
+    plan = StreamPlan(per_connection=10)
+    plan.set_streams(["a@trade"])
+    connect_all(plan, 0.0)
+    plan.resubscribe("a@trade")
+    (unsubscribe,) = of(plan.tick(1.0), SendControl)
+    plan.on_reply(unsubscribe.link_id, unsubscribe.request_id, "no")
+    actions = plan.tick(1.1) + plan.tick(2.1)
+    assert not of(actions, SendControl) and not of(actions, StreamsDown)
+    assert plan.resubscribe("a@trade")  # and it may be tried again later
+
+
+def test_a_resubscription_of_a_stream_removed_meanwhile_ends_unsubscribed() -> None:
+    plan = StreamPlan(per_connection=10)
+    plan.set_streams(["a@trade", "b@trade"])
+    connect_all(plan, 0.0)
+    plan.resubscribe("a@trade")
+    (unsubscribe,) = of(plan.tick(1.0), SendControl)
+    plan.remove(["a@trade"])
+    plan.on_reply(unsubscribe.link_id, unsubscribe.request_id, None)
+    assert not of(plan.tick(1.1) + plan.tick(2.1), SendControl)
 
 
 def test_a_rejected_subscription_is_not_retried_on_that_link() -> None:

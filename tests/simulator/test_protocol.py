@@ -165,6 +165,11 @@ def test_fault_plan_counts_and_symbols() -> None:
         {"type": "drop", "x": 1},
         {"type": "rest_error", "status": 200},
         {"type": "drop", "probability": 2},
+        {"type": "mute_stream"},
+        {"type": "mute_stream", "stream": "btcusdt@nothing"},
+        {"type": "mute_stream", "symbol": "ETHUSDT", "stream": "btcusdt@trade"},
     ):
         with pytest.raises(FaultError):
             parse_fault(bad)
+    muted = parse_fault({"type": "mute_stream", "stream": "btcusdt@depth@100ms"})
+    assert muted.symbol == "BTCUSDT"  # its connections are those of the stream's symbol

@@ -371,6 +371,40 @@ async def test_fault_silent_keeps_the_connection_open(exchange_sim, http) -> Non
         assert not ws.closed
 
 
+async def test_fault_mute_stream_silences_one_stream_until_resubscribed(exchange_sim, http) -> None:
+    names = ["btcusdt@depth@100ms", "btcusdt@ticker", "ethusdt@depth@100ms"]
+    url = f"{exchange_sim.ws_url}/stream?streams={'/'.join(names)}"
+
+    async def streams_seen(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> set[str]:
+        return {f["stream"] for f in await frames(ws, seconds) if "stream" in f}
+
+    async with http.ws_connect(url) as ws:
+        await asyncio.to_thread(exchange_sim.fault, type="mute_stream", stream=names[0])
+        # a stream it does not hold stays as it is: subscribed later, it flows
+        await asyncio.to_thread(exchange_sim.fault, type="mute_stream", stream="btcusdt@aggTrade")
+        [conn] = await asyncio.to_thread(exchange_sim.admin, "GET", "connections")
+        assert conn["muted"] == [names[0]]
+        await frames(ws, 0.3)  # what was already on its way
+        assert await streams_seen(ws, 1.5) == set(names[1:])  # the others flow, pings too
+        await ws.send_str(
+            orjson.dumps({"method": "UNSUBSCRIBE", "params": names[:1], "id": 1}).decode()
+        )
+        await ws.send_str(
+            orjson.dumps({"method": "SUBSCRIBE", "params": names[:1], "id": 2}).decode()
+        )
+        assert await streams_seen(ws, 1.5) == set(names)  # subscribed again, it flows again
+        # a symbol mutes its streams on that connection; clearing the faults lifts it
+        await asyncio.to_thread(exchange_sim.fault, type="mute_stream", symbol="BTCUSDT")
+        [conn] = await asyncio.to_thread(exchange_sim.admin, "GET", "connections")
+        assert conn["muted"] == ["btcusdt@depth@100ms", "btcusdt@ticker"]
+        await frames(ws, 0.3)
+        assert await streams_seen(ws, 1.0) == {names[2]}
+        await asyncio.to_thread(exchange_sim.clear_faults)
+        await frames(ws, 0.3)
+        assert await streams_seen(ws, 1.5) == set(names)
+        assert not ws.closed
+
+
 async def test_fault_server_shutdown_event(exchange_sim, http) -> None:
     async with http.ws_connect(f"{exchange_sim.ws_url}/stream?streams=btcusdt@trade") as ws:
         await asyncio.to_thread(exchange_sim.fault, type="server_shutdown")
