@@ -16,8 +16,8 @@ from marketpipe.exchange.snapshot_plan import SnapshotPlanner
 from marketpipe.exchange.snapshots import SnapshotScheduler
 from marketpipe.exchange.weights import WeightGate
 from marketpipe.infra.simulator import SimulatorProcess
-from marketpipe.ops.metrics import BAD_INPUT, REST_WEIGHT_USED
 from tests.exchange.support import admin, rest_requests, wait_for
+from tests.metrics import sample
 
 
 async def test_429_is_waited_out_for_retry_after_then_succeeds(
@@ -96,13 +96,12 @@ async def test_bad_symbol_is_an_exchange_error_and_not_retried(
 async def test_an_unreadable_reply_is_counted_and_raised_not_a_crash(
     exchange_sim: SimulatorProcess, kind: str
 ) -> None:
-    bad = BAD_INPUT.labels(source="rest", kind="depth")
-    before = bad._value.get()
+    before = sample("marketpipe_bad_input_total", source="rest", kind="depth")
     exchange_sim.fault(type="rest_malformed", kind=kind, count=1, path="/api/v3/depth")
     async with ExchangeRest(exchange_sim.rest_url) as rest:
         with pytest.raises(ExchangeUnavailable, match="unreadable reply"):
             await rest.depth("BTCUSDT", 5)
-        assert bad._value.get() == before + 1
+        assert sample("marketpipe_bad_input_total", source="rest", kind="depth") == before + 1
         assert len((await rest.depth("BTCUSDT", 5)).bids) == 5  # the client goes on
 
 
@@ -121,7 +120,7 @@ async def test_the_servers_used_weight_counts_what_others_spent(
             await rest.depth("BTCUSDT", 5)
         if int(time.time() // 60) == minute:
             break
-    assert REST_WEIGHT_USED._value.get() == 20 + 25 + 5
+    assert sample("marketpipe_rest_weight_used") == 20 + 25 + 5
     assert gate.used(time.time()) == 5  # our own count alone would allow more...
     assert gate.try_acquire(5, time.time()) > 0  # ...the server's does not
 

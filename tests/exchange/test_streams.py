@@ -15,8 +15,8 @@ import pytest
 from marketpipe.exchange.stream_plan import StreamPlan
 from marketpipe.exchange.streams import StreamHub
 from marketpipe.infra.simulator import SimulatorProcess
-from marketpipe.ops.metrics import BAD_INPUT
 from tests.exchange.support import Consumer, SimFactory, connections, wait_for
+from tests.metrics import sample
 
 BTC, ETH, BNB, SOL = (f"{s}usdt@depth@100ms" for s in ("btc", "eth", "bnb", "sol"))
 HubRunner = Callable[[StreamHub], None]
@@ -89,13 +89,15 @@ async def test_many_live_subscriptions_are_paced_under_the_message_limit(
 async def test_a_rejected_control_message_is_counted_and_the_connection_kept(
     exchange_sim: SimulatorProcess, hub_runner: HubRunner
 ) -> None:
-    errors = BAD_INPUT.labels(source="exchange_ws", kind="control_error")
-    before = errors._value.get()
+    def errors() -> float:
+        return sample("marketpipe_bad_input_total", source="exchange_ws", kind="control_error")
+
+    before = errors()
     consumer = Consumer()
     hub = start_hub(exchange_sim, consumer, StreamPlan(), hub_runner, [BTC])
     await wait_for(lambda: consumer.last_u(BTC) > 0)
     hub.add(["btcusdt@nonsense"])  # the exchange answers {"error": {...}, "id": ...}
-    await wait_for(lambda: errors._value.get() == before + 1)
+    await wait_for(lambda: errors() == before + 1)
     await more_diffs(consumer, BTC)
     assert await connections(exchange_sim) == {1: {BTC}}
     assert consumer.down == [] and consumer.up == [frozenset({BTC})]

@@ -13,16 +13,16 @@ import orjson
 from marketpipe.config import Settings
 from marketpipe.exchange.rest import ExchangeRest
 from marketpipe.infra.simulator import SimulatorProcess
-from marketpipe.ops.metrics import SETTINGS_REJECTED
 from marketpipe.sources.assets import AssetsSource, Universe
 from marketpipe.sources.settings import SettingsSource, SymbolSettings
 from tests.exchange.support import admin, wait_for
+from tests.metrics import sample
 
 POLL = 0.05
 
 
 def rejected(source: str) -> float:
-    return SETTINGS_REJECTED.labels(source=source)._value.get()
+    return sample("marketpipe_settings_rejected_total", source=source)
 
 
 async def serve(sim: SimulatorProcess, path: str, payload: Any, status: int = 200) -> None:
