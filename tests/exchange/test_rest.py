@@ -16,7 +16,8 @@ from marketpipe.exchange.snapshot_plan import SnapshotPlanner
 from marketpipe.exchange.snapshots import SnapshotScheduler
 from marketpipe.exchange.weights import WeightGate
 from marketpipe.infra.simulator import SimulatorProcess
-from tests.exchange.support import admin, rest_requests, wait_for
+from tests.eventually import eventually
+from tests.exchange.support import admin, rest_requests
 from tests.metrics import sample
 
 
@@ -143,7 +144,7 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
         scheduler.request("NOPEUSDT")
         scheduler.request("BTCUSDT", priority=True)
         task = asyncio.create_task(scheduler.run())
-        await wait_for(lambda: len(got) + len(failed) == 3)
+        await eventually(lambda: len(got) + len(failed) == 3)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [s for s, _ in got] == ["BTCUSDT", "ETHUSDT"] and failed == ["NOPEUSDT"]
@@ -165,9 +166,9 @@ async def test_the_scheduler_stops_when_cancelled_right_after_a_request(
         scheduler = SnapshotScheduler(rest, planner, lambda s, _: got.append(s), lambda *_: None)
         task = asyncio.create_task(scheduler.run())
         scheduler.request("ETHUSDT")
-        await wait_for(lambda: got == ["ETHUSDT"])
+        await eventually(lambda: got == ["ETHUSDT"])
         scheduler.request("BNBUSDT")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the loop is waiting for BNBUSDT's turn (nothing to observe)
         scheduler.request("BTCUSDT", priority=True)  # wakes the loop as the cancel arrives
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
