@@ -85,7 +85,7 @@ async def wait_until_no_subscriptions(http: aiohttp.ClientSession, gateway: Runn
     async def none_left() -> bool:
         return await subscriptions(http, gateway) == 0
 
-    await eventually(none_left, what="NATS subscriptions left open after every client left")
+    await eventually(none_left, what="no NATS subscription left once every client left")
 
 
 async def test_a_topic_held_again_sends_the_cached_book_the_last_holder_had(

@@ -251,7 +251,7 @@ async def test_the_connection_limit_refuses_with_503_until_a_place_frees(
                 return None
 
         # the gateway forgets a closed client once its reader has ended
-        again = await eventually(admitted, what="no place freed after a client left")
+        again = await eventually(admitted, what="a place freed after a client left")
         assert (await request(again, "subscribe", "trades@BTCUSDT"))["result"] == "subscribed"
         await again.close()
     async with http.get(small.http_url + "/metrics") as resp:
