@@ -23,6 +23,7 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from marketpipe.infra.local import free_port
+from tests.eventually import eventually_sync
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -76,17 +77,20 @@ class Stack:
         return pid
 
     def wait_printed(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """The first line printed from now on that holds ``text``."""
+
+        def printed() -> str | None:
             try:
                 line = self.lines.get(timeout=0.2)
             except queue.Empty:
                 assert self.proc.poll() is None, f"marketpipe up exited: {self.printed}"
-                continue
+                return None
             self.printed.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"{text!r} not printed in {timeout}s: {self.printed}")
+            return line if text in line else None
+
+        return eventually_sync(
+            printed, timeout, lambda: f"{text!r} printed; so far: {self.printed}"
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -201,17 +205,18 @@ def _wait_changed(page: Page, selector: str, seconds: float) -> None:
 def test_a_child_that_dies_is_restarted(stack: Stack) -> None:
     before = stack.children()
     victim = stack.kill_child("trades")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def restarted() -> bool:
         now = stack.children()
-        if (
+        return (
             victim not in now
             and len(now) == len(before)
             and any(" trades " in a for a in now.values())
-        ):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"trades not restarted: {stack.children()} / {stack.printed}")
+        )
+
+    eventually_sync(
+        restarted, 30, lambda: f"trades restarted: {stack.children()} / {stack.printed}"
+    )
 
 
 def test_ctrl_c_stops_everything(stack: Stack) -> None:
@@ -227,5 +232,6 @@ def test_ctrl_c_stops_everything(stack: Stack) -> None:
     started = time.monotonic()
     assert stack.stop() == 0
     assert time.monotonic() - started < 30
-    time.sleep(0.2)
-    assert not [pid for pid in children if _alive(pid)], "orphans left running"
+    eventually_sync(  # the kernel is done with each child that exited
+        lambda: not [pid for pid in children if _alive(pid)], 2, "no orphan left running"
+    )

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from marketpipe.infra.simulator import SimulatorProcess
-from tests.eventually import eventually
 
 SimFactory = Callable[..., SimulatorProcess]  # the make_sim fixture: extra CLI options -> running
-
-
-async def wait_for(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
-    await eventually(check, within)
 
 
 async def admin(

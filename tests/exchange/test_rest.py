@@ -16,8 +16,9 @@ from marketpipe.exchange.snapshot_plan import SnapshotPlanner
 from marketpipe.exchange.snapshots import SnapshotScheduler
 from marketpipe.exchange.weights import WeightGate
 from marketpipe.infra.simulator import SimulatorProcess
-from marketpipe.ops.metrics import BAD_INPUT, REST_WEIGHT_SPENT, REST_WEIGHT_USED
-from tests.exchange.support import admin, rest_requests, wait_for
+from tests.eventually import eventually
+from tests.exchange.support import admin, rest_requests
+from tests.metrics import sample
 
 
 async def test_429_is_waited_out_for_retry_after_then_succeeds(
@@ -63,16 +64,18 @@ async def test_server_errors_are_retried_with_backoff(exchange_sim: SimulatorPro
 async def test_the_weight_spent_counts_every_request_sent_by_endpoint(
     exchange_sim: SimulatorProcess,
 ) -> None:
-    depth, info = (REST_WEIGHT_SPENT.labels(endpoint=e) for e in ("depth", "exchangeInfo"))
-    before = depth._value.get(), info._value.get()
+    def spent(endpoint: str) -> float:
+        return sample("marketpipe_rest_weight_spent_total", endpoint=endpoint)
+
+    before = spent("depth"), spent("exchangeInfo")
     fault = {"type": "rest_error", "status": 503, "count": 1, "path": "/api/v3/depth"}
     await admin(exchange_sim, "POST", "faults", [fault])
     async with ExchangeRest(exchange_sim.rest_url, backoff_cap_seconds=0.1) as rest:
         await rest.depth("BTCUSDT", 100)  # refused once, then served: 2 x 5
         await rest.depth("BTCUSDT", 5000)
         await rest.exchange_info()
-    assert depth._value.get() - before[0] == 5 + 5 + 250
-    assert info._value.get() - before[1] == 20
+    assert spent("depth") - before[0] == 5 + 5 + 250
+    assert spent("exchangeInfo") - before[1] == 20
 
 
 async def test_server_errors_give_up_after_max_attempts(exchange_sim: SimulatorProcess) -> None:
@@ -111,13 +114,12 @@ async def test_bad_symbol_is_an_exchange_error_and_not_retried(
 async def test_an_unreadable_reply_is_counted_and_raised_not_a_crash(
     exchange_sim: SimulatorProcess, kind: str
 ) -> None:
-    bad = BAD_INPUT.labels(source="rest", kind="depth")
-    before = bad._value.get()
+    before = sample("marketpipe_bad_input_total", source="rest", kind="depth")
     exchange_sim.fault(type="rest_malformed", kind=kind, count=1, path="/api/v3/depth")
     async with ExchangeRest(exchange_sim.rest_url) as rest:
         with pytest.raises(ExchangeUnavailable, match="unreadable reply"):
             await rest.depth("BTCUSDT", 5)
-        assert bad._value.get() == before + 1
+        assert sample("marketpipe_bad_input_total", source="rest", kind="depth") == before + 1
         assert len((await rest.depth("BTCUSDT", 5)).bids) == 5  # the client goes on
 
 
@@ -136,7 +138,7 @@ async def test_the_servers_used_weight_counts_what_others_spent(
             await rest.depth("BTCUSDT", 5)
         if int(time.time() // 60) == minute:
             break
-    assert REST_WEIGHT_USED._value.get() == 20 + 25 + 5
+    assert sample("marketpipe_rest_weight_used") == 20 + 25 + 5
     assert gate.used(time.time()) == 5  # our own count alone would allow more...
     assert gate.try_acquire(5, time.time()) > 0  # ...the server's does not
 
@@ -161,7 +163,7 @@ async def test_scheduler_fetches_priority_first_and_reports_failures(
         scheduler.request("NOPEUSDT", limit=100)
         scheduler.request("BTCUSDT", limit=1000, priority=True)
         task = asyncio.create_task(scheduler.run())
-        await wait_for(lambda: len(got) + len(failed) == 3)
+        await eventually(lambda: len(got) + len(failed) == 3)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [s for s, _ in got] == ["BTCUSDT", "ETHUSDT"] and failed == ["NOPEUSDT"]
@@ -184,12 +186,11 @@ async def test_the_scheduler_stops_when_cancelled_right_after_a_request(
         scheduler = SnapshotScheduler(rest, planner, lambda s, _: got.append(s), lambda *_: None)
         task = asyncio.create_task(scheduler.run())
         scheduler.request("ETHUSDT", limit=5000)
-        await wait_for(lambda: got == ["ETHUSDT"])
+        await eventually(lambda: got == ["ETHUSDT"])
         scheduler.request("BNBUSDT", limit=5000)
-        await asyncio.sleep(0.05)
-        scheduler.request(
-            "BTCUSDT", limit=5000, priority=True
-        )  # wakes the loop as the cancel arrives
+        await asyncio.sleep(0.05)  # the loop is waiting for BNBUSDT's turn (nothing to observe)
+        # wakes the loop as the cancel arrives
+        scheduler.request("BTCUSDT", limit=5000, priority=True)
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
     assert done, "the scheduler ignored the cancel"

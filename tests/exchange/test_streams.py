@@ -15,8 +15,9 @@ import pytest
 from marketpipe.exchange.stream_plan import StreamPlan
 from marketpipe.exchange.streams import StreamHub
 from marketpipe.infra.simulator import SimulatorProcess
-from marketpipe.ops.metrics import BAD_INPUT
-from tests.exchange.support import Consumer, SimFactory, connections, wait_for
+from tests.eventually import eventually
+from tests.exchange.support import Consumer, SimFactory, connections
+from tests.metrics import sample
 
 BTC, ETH, BNB, SOL = (f"{s}usdt@depth@100ms" for s in ("btc", "eth", "bnb", "sol"))
 HubRunner = Callable[[StreamHub], None]
@@ -39,7 +40,7 @@ def start_hub(
 
 async def more_diffs(consumer: Consumer, stream: str, count: int = 10) -> None:
     seen = len(consumer.applied(stream))
-    await wait_for(lambda: len(consumer.applied(stream)) >= seen + count)
+    await eventually(lambda: len(consumer.applied(stream)) >= seen + count)
 
 
 def assert_contiguous(consumer: Consumer, stream: str) -> None:
@@ -56,15 +57,15 @@ async def test_streams_are_spread_over_connections_and_changed_live(
     hub = start_hub(
         exchange_sim, consumer, StreamPlan(per_connection=2), hub_runner, [BTC, ETH, BNB]
     )
-    await wait_for(lambda: all(consumer.last_u(s) > 0 for s in (BTC, ETH, BNB)))
+    await eventually(lambda: all(consumer.last_u(s) > 0 for s in (BTC, ETH, BNB)))
     before = await connections(exchange_sim)
     assert sorted(map(len, before.values())) == [1, 2]
     assert set().union(*before.values()) == {BTC, ETH, BNB}
     (kept,) = (conn_id for conn_id, streams in before.items() if BTC in streams)
     hub.set_streams([BTC, SOL])
-    await wait_for(lambda: consumer.last_u(SOL) > 0)
+    await eventually(lambda: consumer.last_u(SOL) > 0)
     # SUBSCRIBE/UNSUBSCRIBE on the open connection, not a reconnect; the emptied one is closed.
-    await wait_for(lambda: connections_are(exchange_sim, {kept: {BTC, SOL}}))
+    await eventually(lambda: connections_are(exchange_sim, {kept: {BTC, SOL}}))
     assert frozenset({SOL}) in consumer.up and consumer.down == []
 
 
@@ -79,23 +80,25 @@ async def test_many_live_subscriptions_are_paced_under_the_message_limit(
     # more than 5 messages in a second. Well-formed streams of unknown symbols are acknowledged.
     consumer = Consumer()
     hub = start_hub(exchange_sim, consumer, StreamPlan(per_connection=1024), hub_runner, [BTC])
-    await wait_for(lambda: consumer.last_u(BTC) > 0)
+    await eventually(lambda: consumer.last_u(BTC) > 0)
     more = {f"zz{i}usdt@trade" for i in range(1000)}
     hub.add(more)
-    await wait_for(lambda: set().union(*consumer.up) == {BTC} | more)  # every reply seen
+    await eventually(lambda: set().union(*consumer.up) == {BTC} | more)  # every reply seen
     assert await connections(exchange_sim) == {1: {BTC} | more} and consumer.down == []
 
 
 async def test_a_rejected_control_message_is_counted_and_the_connection_kept(
     exchange_sim: SimulatorProcess, hub_runner: HubRunner
 ) -> None:
-    errors = BAD_INPUT.labels(source="exchange_ws", kind="control_error")
-    before = errors._value.get()
+    def errors() -> float:
+        return sample("marketpipe_bad_input_total", source="exchange_ws", kind="control_error")
+
+    before = errors()
     consumer = Consumer()
     hub = start_hub(exchange_sim, consumer, StreamPlan(), hub_runner, [BTC])
-    await wait_for(lambda: consumer.last_u(BTC) > 0)
+    await eventually(lambda: consumer.last_u(BTC) > 0)
     hub.add(["btcusdt@nonsense"])  # the exchange answers {"error": {...}, "id": ...}
-    await wait_for(lambda: errors._value.get() == before + 1)
+    await eventually(lambda: errors() == before + 1)
     await more_diffs(consumer, BTC)
     assert await connections(exchange_sim) == {1: {BTC}}
     assert consumer.down == [] and consumer.up == [frozenset({BTC})]
@@ -117,12 +120,12 @@ async def test_a_lost_connection_is_reported_and_replaced(
     consumer = Consumer()
     plan = StreamPlan(silent_seconds=1.0, backoff_cap_seconds=0.5)
     start_hub(exchange_sim, consumer, plan, hub_runner, [BTC])
-    await wait_for(lambda: consumer.last_u(BTC) > 0)
+    await eventually(lambda: consumer.last_u(BTC) > 0)
     exchange_sim.fault(symbol="BTCUSDT", **fault)
-    await wait_for(lambda: consumer.down == [frozenset({BTC})])
+    await eventually(lambda: consumer.down == [frozenset({BTC})])
     mark = consumer.last_u(BTC)
-    await wait_for(lambda: consumer.last_u(BTC) > mark)
-    await wait_for(lambda: connections_are(exchange_sim, {2: {BTC}}))  # one reconnect, old gone
+    await eventually(lambda: consumer.last_u(BTC) > mark)
+    await eventually(lambda: connections_are(exchange_sim, {2: {BTC}}))  # one reconnect, old gone
     assert consumer.up == [frozenset({BTC})] * 2
 
 
@@ -131,9 +134,9 @@ async def test_server_shutdown_is_replaced_make_before_break(
 ) -> None:
     consumer = Consumer()
     start_hub(exchange_sim, consumer, StreamPlan(overlap_seconds=1.0), hub_runner, [BTC])
-    await wait_for(lambda: len(consumer.applied(BTC)) > 5)
+    await eventually(lambda: len(consumer.applied(BTC)) > 5)
     exchange_sim.fault(type="server_shutdown", symbol="BTCUSDT")
-    await wait_for(lambda: connections_are(exchange_sim, {2: {BTC}}))
+    await eventually(lambda: connections_are(exchange_sim, {2: {BTC}}))
     await more_diffs(consumer, BTC)
     assert_contiguous(consumer, BTC)
     assert consumer.down == [] and consumer.up == [frozenset({BTC})]
@@ -146,8 +149,8 @@ async def test_connections_are_replaced_make_before_break_before_the_servers_max
     consumer = Consumer()
     plan = StreamPlan(max_age_seconds=1.5, overlap_seconds=0.5)
     start_hub(sim, consumer, plan, hub_runner, [BTC, ETH])
-    await wait_for(lambda: len(consumer.applied(BTC)) > 5)
-    await wait_for(lambda: connections_are(sim, {3: {BTC, ETH}}))  # two swaps, nothing left over
+    await eventually(lambda: len(consumer.applied(BTC)) > 5)
+    await eventually(lambda: connections_are(sim, {3: {BTC, ETH}}))  # two swaps, nothing left over
     await more_diffs(consumer, BTC)
     assert_contiguous(consumer, BTC)
     assert_contiguous(consumer, ETH)
@@ -163,11 +166,11 @@ async def test_server_pings_are_answered_and_keep_a_quiet_connection_alive(
     consumer = Consumer()
     quiet = "nonexistusdt@depth@100ms"
     hub = start_hub(sim, consumer, StreamPlan(silent_seconds=1.5), hub_runner, [quiet])
-    await wait_for(lambda: consumer.up == [frozenset({quiet})])
+    await eventually(lambda: consumer.up == [frozenset({quiet})])
     for _ in range(3):
-        await wait_for(lambda: hub.connected_links == 1)
+        await eventually(lambda: hub.connected_links == 1)
         assert await connections(sim) == {1: {quiet}}
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # quiet time passes, more than a ping interval
     assert consumer.down == [] and consumer.frames == []
 
 
@@ -178,9 +181,9 @@ async def test_the_hub_stops_when_cancelled_right_after_a_change(
     hub = StreamHub(exchange_sim.ws_url, consumer.on_frame, on_streams_up=consumer.up.append)
     hub.set_streams([BTC])
     task = asyncio.create_task(hub.run())
-    await wait_for(lambda: consumer.up == [frozenset({BTC})])
+    await eventually(lambda: consumer.up == [frozenset({BTC})])
     hub.add([ETH])  # wakes the hub up in the same loop turn as the cancel
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=5)
     assert done, "the hub ignored the cancel"
-    await wait_for(lambda: connections_are(exchange_sim, {}))  # and closed its connection
+    await eventually(lambda: connections_are(exchange_sim, {}))  # and closed its connection

@@ -19,6 +19,7 @@ from marketpipe.gateway.admission import (
     subprotocol_for,
     token_valid,
 )
+from tests.eventually import eventually
 from tests.gateway.client import metric_value, metrics, request
 from tests.gateway.conftest import GatewayFactory
 
@@ -139,6 +140,11 @@ async def test_concurrent_upgrades_never_pass_the_connection_limit(
     limit, tries = 3, 40
     small = start_gateway(gateway_max_connections=str(limit))
     async with aiohttp.ClientSession() as http:
+
+        async def none_open() -> bool:
+            text = await metrics(http, small.http_url)
+            return metric_value(text, "marketpipe_gateway_connections") == 0
+
         for _ in range(3):
             results = await asyncio.gather(
                 *(http.ws_connect(small.ws_url) for _ in range(tries)), return_exceptions=True
@@ -148,12 +154,4 @@ async def test_concurrent_upgrades_never_pass_the_connection_limit(
             assert len(open_) == limit and len(refused) == tries - limit, results
             assert all(r.status == 503 for r in refused)
             await asyncio.gather(*(ws.close() for ws in open_))
-            for _ in range(100):  # places come back once the gateway has seen the closes
-                if (
-                    metric_value(
-                        await metrics(http, small.http_url), "marketpipe_gateway_connections"
-                    )
-                    == 0
-                ):
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(none_open)  # places come back once the gateway has seen the closes

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import time
 
 import aiohttp
 import nats
@@ -16,6 +15,7 @@ import pytest
 from marketpipe.book.delta import ViewPublisher
 from marketpipe.client.book import BookKeeper, Updated
 from tests.book.test_delta import Settings, live_book
+from tests.eventually import eventually
 from tests.gateway.conftest import GatewayFactory
 from tests.gateway.test_slow_client import stuck_client
 
@@ -65,13 +65,12 @@ async def test_a_backlogged_depth_client_gets_a_fresh_snapshot_never_a_broken_ch
     subscribe = orjson.dumps({"action": "subscribe", "topics": "depth@BTCUSDT"})
     stuck = await asyncio.to_thread(stuck_client, gateway.port, subscribe)
     async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 10
-        while True:  # the gateway has its NATS interest
+
+        async def subscribed() -> bool:  # the gateway has its NATS interest
             async with http.get(gateway.http_url + "/metrics") as resp:
-                if "marketpipe_gateway_subscriptions 1.0" in await resp.text():
-                    break
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+                return "marketpipe_gateway_subscriptions 1.0" in await resp.text()
+
+        await eventually(subscribed)
         nc = await nats.connect(gateway.nats_url)
         published = views()
         for step, (full, delta) in enumerate(published, start=1):

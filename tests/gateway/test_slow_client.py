@@ -87,7 +87,7 @@ async def test_a_client_that_reads_nothing_does_not_delay_fifty_others(
                 await nc.publish("trades.ETHUSDT", orjson.dumps(bulk))
             if t % 20 == 0:
                 await nc.flush()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # pacing: a steady stream, not one burst
         await nc.flush()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
         await nc.close()
@@ -141,10 +141,11 @@ async def test_a_burst_reaches_a_reading_client_whole_and_a_stalled_one_is_cut_1
         orjson.dumps({"action": "subscribe", "topics": "trades@BNBUSDT,trades@XRPUSDT"}),
     )
     async with aiohttp.ClientSession() as http:
-        for _ in range(100):  # the stalled client's two topics are subscribed upstream
-            if metric_value(await metrics(http, gateway.http_url), SUBSCRIPTIONS) == 2:
-                break
-            await asyncio.sleep(0.05)
+
+        async def subscribed() -> bool:  # the stalled client's two topics, upstream
+            return metric_value(await metrics(http, gateway.http_url), SUBSCRIPTIONS) == 2
+
+        await eventually(subscribed)
         reader = await http.ws_connect(gateway.ws_url)
         assert (await request(reader, "subscribe", "trades@BNBUSDT"))["result"] == "subscribed"
         received: list[int] = []
@@ -167,13 +168,13 @@ async def test_a_burst_reaches_a_reading_client_whole_and_a_stalled_one_is_cut_1
         await nc.close()
         assert received == list(range(burst))  # all of them, in order, none twice
         assert not reader.closed
-        for _ in range(300):  # the write deadline (10 s) runs from when it fell behind
+
+        async def cut() -> str | None:
             text = await metrics(http, gateway.http_url)
-            if metric_value(text, SLOW_DISCONNECTS) == 1:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the stalled client was not cut")
+            return text if metric_value(text, SLOW_DISCONNECTS) == 1 else None
+
+        # the write deadline (10 s) runs from when it fell behind
+        text = await eventually(cut, within=30, what="the stalled client cut")
         # it reads at last: what the socket held, then the close frame, last
         tail = await asyncio.to_thread(read_to_the_end, stalled, 10.0)
         await reader.close()
@@ -243,7 +244,7 @@ async def test_two_hundred_stalled_snapshot_clients_cost_bounded_memory_not_the_
                     published_snapshots.append(len(published_snapshots))
                     await nc.publish("markets.SNAPSHOT", snapshot(2000, published_snapshots[-1]))
                 await nc.flush()
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # pacing: ten trades a second
 
         published_trades: list[int] = []
         published_snapshots: list[int] = []
@@ -259,13 +260,21 @@ async def test_two_hundred_stalled_snapshot_clients_cost_bounded_memory_not_the_
         publishing = asyncio.create_task(publish(4 * deadline + 4))
         while not publishing.done():
             peak = max(peak, rss_bytes(pid))
-            await asyncio.sleep(0.1)
-        for _ in range(100):
+            await asyncio.sleep(0.1)  # sampling the memory while the publisher runs
+
+        async def only_the_healthy_one() -> str | None:
             text = await metrics(http, gateway.http_url)
-            if metric_value(text, "marketpipe_gateway_connections") == 1:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # the last trades reach the healthy client
+            return text if metric_value(text, "marketpipe_gateway_connections") == 1 else None
+
+        text = await eventually(only_the_healthy_one, within=15)
+        await eventually(  # the last trades reach the healthy client
+            lambda: (
+                len(trades) == len(published_trades) and snapshots[-1:] == published_snapshots[-1:]
+            ),
+            what=lambda: (
+                f"{len(trades)} of {len(published_trades)} trades, snapshots {snapshots[-1:]}"
+            ),
+        )
         await healthy.close()
         await reading
     await nc.close()

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as Nats
 
+from tests.eventually import eventually
 from tests.gateway.client import book, metric_value, metrics, publish, receive, request
 from tests.gateway.conftest import GatewayFactory, RunningGateway
 
@@ -81,11 +82,10 @@ async def test_joining_while_the_last_other_holder_leaves_keeps_the_topic_live(
 
 
 async def wait_until_no_subscriptions(http: aiohttp.ClientSession, gateway: RunningGateway) -> None:
-    for _ in range(100):
-        if await subscriptions(http, gateway) == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("NATS subscriptions left open after every client left")
+    async def none_left() -> bool:
+        return await subscriptions(http, gateway) == 0
+
+    await eventually(none_left, what="no NATS subscription left once every client left")
 
 
 async def test_a_topic_held_again_sends_the_cached_book_the_last_holder_had(

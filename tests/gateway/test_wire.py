@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import nats
@@ -16,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as Nats
 
+from tests.eventually import eventually
 from tests.gateway.client import book, nothing_arrives, publish, receive, request, ticker, trade
 from tests.gateway.conftest import GatewayFactory, RunningGateway
 
@@ -171,11 +173,13 @@ async def test_unknown_symbol_is_refused_against_the_assets_list(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
     async with http.ws_connect(gateway.ws_url) as ws:
-        for _ in range(40):  # the first assets poll runs as the gateway starts
-            reply = await request(ws, "subscribe", "trades@DOGEUSDT", 4)
-            if "error" in reply:
-                break
-            await asyncio.sleep(0.05)
+        replies: list[dict[str, Any]] = []
+
+        async def refused() -> dict[str, Any] | None:  # once the first assets poll has run
+            replies.append(await request(ws, "subscribe", "trades@DOGEUSDT", 4))
+            return replies[-1] if "error" in replies[-1] else None
+
+        reply = await eventually(refused, what=lambda: f"still {replies[-1]}")
         assert reply == {"error": {"code": 400, "message": "unknown symbol 'DOGEUSDT'"}, "id": 4}
         assert (await request(ws, "subscribe", "trades@BNBUSDT"))["result"] == "subscribed"
 
@@ -239,17 +243,17 @@ async def test_the_connection_limit_refuses_with_503_until_a_place_frees(
             await http.ws_connect(small.ws_url)
         assert refused.value.status == 503
         await first.close()
-        for _ in range(50):  # the gateway forgets a closed client once its reader has ended
+
+        async def admitted() -> aiohttp.ClientWebSocketResponse | None:
             try:
-                again = await http.ws_connect(small.ws_url)
+                return await http.ws_connect(small.ws_url)
             except aiohttp.WSServerHandshakeError:
-                await asyncio.sleep(0.05)
-                continue
-            assert (await request(again, "subscribe", "trades@BTCUSDT"))["result"] == "subscribed"
-            await again.close()
-            break
-        else:
-            raise AssertionError("no place freed after a client left")
+                return None
+
+        # the gateway forgets a closed client once its reader has ended
+        again = await eventually(admitted, what="a place freed after a client left")
+        assert (await request(again, "subscribe", "trades@BTCUSDT"))["result"] == "subscribed"
+        await again.close()
     async with http.get(small.http_url + "/metrics") as resp:
         text = await resp.text()
     assert 'marketpipe_gateway_disconnects_total{reason="connection_limit"} 1.0' in text

@@ -19,6 +19,7 @@ from marketpipe.ha.election import EtcdElection, StaticLeader, make_election
 from marketpipe.ha.term import Term
 from marketpipe.infra.local import EtcdServer
 from marketpipe.supervision import Supervisor
+from tests.eventually import eventually
 
 TTL = 2
 CANDIDATE = Path(__file__).with_name("candidate.py")
@@ -52,10 +53,8 @@ class Timeline:
 
 
 async def _until(condition: Callable[[], bool], within: float = 15.0) -> float:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+    """When ``condition()`` first held."""
+    await eventually(condition, within)
     return time.monotonic()
 
 
@@ -114,13 +113,13 @@ async def test_paused_etcd_old_leader_stops_before_a_new_one_starts(
         # the leader cannot renew: it must stop publishing by itself, within its TTL
         stepped_down = await _until(lambda: not candidates[old].is_leader, within=TTL + 1)
         assert stepped_down - paused_at <= TTL + 0.2
-        await asyncio.sleep(TTL)
+        await asyncio.sleep(TTL)  # time for a candidate to lead without etcd, were it to
         assert not any(c.is_leader for c in candidates)
     finally:
         fresh_etcd.process.resume()
     await _until(lambda: any(c.is_leader for c in candidates))
     assert max(c.epoch for c in candidates if c.is_leader) > old_epoch
-    await asyncio.sleep(TTL)
+    await asyncio.sleep(TTL)  # time for a second leader to appear, were it to
     assert sum(c.is_leader for c in candidates) == 1
     timeline.assert_no_overlap()
 

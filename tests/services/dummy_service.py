@@ -36,7 +36,7 @@ class Dummy:
             payload = orjson.dumps(tick)
             if self.ctx.publish("dummy.tick", payload):
                 self.ctx.cache_value("dummy:last", payload)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the service's pace: a tick every 10 ms
 
     async def stop(self) -> None:
         if self.task is not None:

@@ -19,6 +19,8 @@ import redis.asyncio as aioredis
 from marketpipe.infra.local import NatsCluster, Process, RedisServer
 from marketpipe.infra.services import service_env, start_service
 from marketpipe.infra.simulator import SimulatorProcess
+from tests.eventually import eventually
+from tests.exchange.support import connections
 
 
 class Recorder:
@@ -49,16 +51,8 @@ class Recorder:
         return [orjson.loads(m) for m in self.messages.get(subject, [])]
 
     async def wait_quiet(self, seconds: float, within: float = 60) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() - self.last_at < seconds:
-            assert time.monotonic() < deadline, "NATS never went quiet"
-            await asyncio.sleep(0.1)
-
-    async def wait_for(self, check: Callable[[], bool], within: float = 30) -> None:
-        deadline = time.monotonic() + within
-        while not check():
-            assert time.monotonic() < deadline, "condition not met in time"
-            await asyncio.sleep(0.1)
+        """Until nothing has arrived for ``seconds``."""
+        await eventually(lambda: time.monotonic() - self.last_at >= seconds, within, "NATS quiet")
 
     async def close(self) -> None:
         await self._nc.close()
@@ -113,3 +107,9 @@ async def feed_stack(
 async def blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Blocking helpers (simulator admin, process start) off the loop, so NATS keeps reading."""
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def resubscribed(sim: SimulatorProcess, before: dict[int, set[str]]) -> bool:
+    """Every stream of the connections ``before`` is subscribed again, on ones opened since."""
+    fresh = [streams for id_, streams in (await connections(sim)).items() if id_ > max(before)]
+    return set().union(*before.values()) <= set().union(*fresh)

@@ -27,6 +27,7 @@ from marketpipe.infra.local import NatsCluster, RedisServer
 from marketpipe.infra.services import service_env, service_port, start_service
 from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.transport.nats import NatsClient
+from tests.eventually import eventually
 
 __all__ = ["paused_sim"]  # the fixture, from the orderbook tests
 
@@ -118,7 +119,9 @@ async def test_users_books_equal_the_published_views_under_faults_and_a_gateway_
                 # resyncs; the gateway resyncs itself, so its users never see it
                 victim = followed[5]
                 await rig.drive_until(rig.caught_up, within=30)
-                await asyncio.sleep(0.5)  # market paused: nothing else is published meanwhile
+                # market paused: nothing else is published meanwhile, once the delta of the
+                # last view is out (the damaged one chains from it)
+                await eventually(lambda: last_delta_out(rig, victim))
                 await publish_damaged_delta(rig, nats_cluster, victim)
                 await rig.drive_until(lambda: nats_client.stats.resyncs["checksum"] >= 1, within=20)
                 await rig.drive_until(rig.caught_up, within=30)
@@ -153,6 +156,15 @@ async def test_users_books_equal_the_published_views_under_faults_and_a_gateway_
         assert nats_client.stats.resyncs == {"checksum": 1}
         assert gateway_client.stats.resyncs == {"reconnect": FOLLOWED}
         assert gateway_client.stats.connects == 2
+
+
+def last_delta_out(rig: Rig, symbol: str) -> bool:
+    """The delta of ``symbol``'s last published view has arrived (the first of a term has none)."""
+    last = next(m for _, m in reversed(rig.recorder.books) if m["symbol"] == symbol)
+    return last["seq"] == 1 or any(
+        (d["symbol"], d["epoch"], d["seq"]) == (symbol, last["epoch"], last["seq"])
+        for d in rig.recorder.deltas
+    )
 
 
 async def publish_damaged_delta(rig: Rig, nats_cluster: NatsCluster, symbol: str) -> None:

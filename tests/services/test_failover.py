@@ -74,16 +74,16 @@ class Pair:
 
     async def leader(self, within: float = 15) -> tuple[Replica, Replica]:
         """(leader, follower) once exactly one replica says it leads."""
-        deadline = time.monotonic() + within
-        while True:
+
+        async def one_leads() -> tuple[Replica, Replica] | None:
             live = [r for r in self.replicas.values() if r.process.running]
             leading = [r for r in live if await blocking(lambda r=r: r.leading)]
-            if len(leading) == 1:
-                others = [r for r in live if r is not leading[0]]
-                return leading[0], others[0]
             assert len(leading) < 2, "two replicas lead at once"
-            assert time.monotonic() < deadline, "no leader elected"
-            await asyncio.sleep(0.1)
+            if not leading:
+                return None
+            return leading[0], next(r for r in live if r is not leading[0])
+
+        return await eventually(one_leads, within, "one leader elected")
 
     def messages(self, channel: str, since: float = 0.0) -> list[tuple[float, dict[str, Any]]]:
         """(arrival wall time, message) on ``<channel>.*``, in arrival order."""
@@ -146,10 +146,7 @@ async def replicas(
         else:
             await start(leader_first)
             first = started[leader_first]
-            deadline = time.monotonic() + 15
-            while not await blocking(lambda: first.leading):
-                assert time.monotonic() < deadline, f"{leader_first} did not lead"
-                await asyncio.sleep(0.1)
+            await eventually(lambda: blocking(lambda: first.leading), 15, f"{leader_first} leads")
             await start("b" if leader_first == "a" else "a")
         yield pair
     finally:
@@ -189,22 +186,20 @@ def assert_one_epoch_at_a_time(messages: list[tuple[float, dict[str, Any]]]) -> 
 
 async def wait_for_epoch_above(pair: Pair, epoch: int, within: float) -> float:
     """Arrival time of the first book with an epoch above ``epoch``."""
-    deadline = time.monotonic() + within
-    while True:
-        newer = [at for at, m in pair.messages("orderbook") if m["epoch"] > epoch]
-        if newer:
-            return newer[0]
-        assert time.monotonic() < deadline, f"no epoch above {epoch} within {within}s"
-        await asyncio.sleep(0.02)
+
+    def newer() -> float | None:
+        return next((at for at, m in pair.messages("orderbook") if m["epoch"] > epoch), None)
+
+    return await eventually(newer, within, f"a book with an epoch above {epoch}")
 
 
 async def steady_leader(pair: Pair) -> tuple[Replica, Replica, int]:
     """Every pair published by exactly one replica, from one epoch."""
     leader, follower = await pair.leader()
-    await pair.recorder.wait_for(
-        lambda: len({m["symbol"] for _, m in pair.messages("orderbook")}) == SYMBOLS
+    await eventually(
+        lambda: len({m["symbol"] for _, m in pair.messages("orderbook")}) == SYMBOLS, within=30
     )
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # time for the follower to publish, were it to
     epochs = {m["epoch"] for _, m in pair.messages("orderbook")}
     assert epochs == {leader.epoch}, epochs
     assert not await blocking(lambda: follower.leading)
@@ -243,7 +238,7 @@ async def test_orderbook_kill_9_follower_publishes_within_ttl_from_hot_books(pai
     assert new_epoch > old_epoch
 
     # hot books: every pair goes out at once, seq from 1, and no snapshot was asked for
-    await pair.recorder.wait_for(
+    await eventually(
         lambda: len({m["symbol"] for _, m in pair.messages("orderbook", first)}) == SYMBOLS,
         within=2,
     )
@@ -256,7 +251,7 @@ async def test_orderbook_kill_9_follower_publishes_within_ttl_from_hot_books(pai
     assert await blocking(pair.depth_requests, killed) == 0
     assert follower.resyncs() == resyncs
 
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # time for the old leader's books to interleave, were there any
     assert_one_epoch_at_a_time(pair.messages("orderbook"))
     await assert_books_true(pair, new_epoch)
 
@@ -280,7 +275,7 @@ async def test_orderbook_sigterm_exits_0_and_hands_over_at_once(pair: Pair) -> N
         == 0
     )
 
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # time for the old leader's books to interleave, were there any
     assert_one_epoch_at_a_time(pair.messages("orderbook"))
     seqs = {m["symbol"]: m["seq"] for _, m in pair.messages("orderbook", first)[::-1]}
     assert len(seqs) == SYMBOLS and set(seqs.values()) == {1}
@@ -293,7 +288,7 @@ async def test_orderbook_leader_cut_off_from_etcd_stops_at_its_lease_deadline(pa
     assert pair.etcd.process is not None
     pair.etcd.process.pause()
     try:
-        await asyncio.sleep(TTL + 1.5)
+        await asyncio.sleep(TTL + 1.5)  # the lease runs out meanwhile, etcd or not
         # the lease deadline came before etcd could expire the lease: nobody publishes
         assert not await blocking(lambda: leader.leading)
         assert not await blocking(lambda: follower.leading)
@@ -307,7 +302,7 @@ async def test_orderbook_leader_cut_off_from_etcd_stops_at_its_lease_deadline(pa
         pair.etcd.process.resume()
 
     first = await wait_for_epoch_above(pair, old_epoch, within=3 * TTL + 2)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # time for a second leader to publish, were there one
     after = pair.messages("orderbook", resumed)
     assert len({m["epoch"] for _, m in after}) == 1, "more than one leader after the resume"
     new_leader, _ = await pair.leader()
@@ -326,7 +321,7 @@ def trade_fields(message: dict[str, Any]) -> tuple[Any, ...]:
 @pytest.mark.parametrize("pair", ["trades"], indirect=True)
 async def test_trades_kill_9_no_hole_no_duplicate(pair: Pair) -> None:
     leader, follower = await pair.leader()
-    await pair.recorder.wait_for(lambda: len(pair.messages("trades")) > 50)
+    await eventually(lambda: len(pair.messages("trades")) > 50, within=30)
 
     await blocking(leader.process.kill)
     await trades_go_on_after_takeover(follower, pair, within=TTL + 1)
@@ -337,7 +332,7 @@ async def trades_go_on_after_takeover(follower: Replica, pair: Pair, within: flo
     """``follower`` leads within ``within`` s, and then publishes trades."""
     await eventually(lambda: blocking(lambda: follower.leading), within, "the follower took over")
     took_over = time.time()
-    await pair.recorder.wait_for(lambda: len(pair.messages("trades", took_over)) > 50)
+    await eventually(lambda: len(pair.messages("trades", took_over)) > 50, within=30)
 
 
 async def assert_trades_complete(pair: Pair) -> None:

@@ -8,14 +8,14 @@ the old leader's.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import orjson
 from feed_harness import Recorder, blocking
-from test_failover import Pair, pair, steady_leader, wait_for_epoch_above
+from test_failover import SYMBOLS, Pair, pair, steady_leader, wait_for_epoch_above
 
 from marketpipe.infra.local import NatsCluster
+from tests.eventually import eventually
 
 __all__ = ["pair"]  # the fixture, from the failover tests
 
@@ -28,7 +28,16 @@ async def test_a_new_leader_chains_deltas_only_from_its_own_views(
         leader, _follower, old_epoch = await steady_leader(pair)
         await blocking(leader.process.kill)
         first = await wait_for_epoch_above(pair, old_epoch, within=10)
-        await asyncio.sleep(2.0)  # a few views and deltas of every pair from the new leader
+
+        def pairs_with_new_deltas() -> set[str]:
+            return {
+                d["symbol"]
+                for at, _subject, raw in list(deltas.arrivals)
+                if at >= first - 1 and (d := orjson.loads(raw))["epoch"] > old_epoch
+            }
+
+        # views and deltas of every pair from the new leader
+        await eventually(lambda: len(pairs_with_new_deltas()) == SYMBOLS, within=15)
         views = {
             (m["symbol"], m["seq"]): m
             for at, m in pair.messages("orderbook", first - 0.001)

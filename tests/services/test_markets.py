@@ -18,6 +18,7 @@ from marketpipe.infra.local import NatsCluster, RedisServer
 from marketpipe.infra.services import metric
 from marketpipe.services.feed_messages import tickers_from_rest
 from marketpipe.services.markets_model import MarketsModel
+from tests.eventually import eventually
 
 
 def make_ticker(symbol: str, price: str, event_time: int = 1000) -> Ticker:
@@ -162,10 +163,10 @@ async def test_markets_snapshot_data_listing_and_delisting(
         hash_key = stack.prefix + "markets"
         symbols = {s["symbol"] for s in await blocking(sim.admin, "GET", "symbols")}
         assert len(symbols) == 120
-        await asyncio.sleep(4)
+        await eventually(lambda: len(_ticks(recorder)) >= 4, within=30)
 
         # DATA carries exactly the pairs whose last price changed since the previous tick
-        ticks = _ticks(recorder)
+        ticks = _ticks(recorder)[:-1]  # the last one's DATA may be on its way
         assert len(ticks) >= 3
         assert set(ticks[0][0]) == symbols  # the REST snapshot had every pair from the start
         for (before, _), (after, data) in itertools.pairwise(ticks):
@@ -175,18 +176,24 @@ async def test_markets_snapshot_data_listing_and_delisting(
 
         # quiescence: the snapshot and the Redis hash equal the simulator's statistics
         await blocking(sim.pause)
-        await asyncio.sleep(2.5)
+        truth = {s: _stats(await blocking(sim.admin, "GET", "ticker", symbol=s)) for s in symbols}
+
+        def apart() -> list[str]:
+            last = _ticks(recorder)[-1][0]
+            return [s for s in symbols if s not in last or _stats(last[s]) != truth[s]]
+
+        # the ticker streams' last statistics (sent each second) reach the snapshot
+        await eventually(lambda: not apart(), within=15, what=lambda: f"apart: {apart()[:5]}")
         mark = len(recorder.arrivals)
-        await asyncio.sleep(2.2)
+        await asyncio.sleep(2.2)  # time passes with the market paused: snapshots go on, no DATA
         quiet = [s for _at, s, _d in recorder.arrivals[mark:]]
         assert "markets.DATA" not in quiet and quiet.count("markets.SNAPSHOT") >= 2
         snapshot = _ticks(recorder)[-1][0]
         stored = {k.decode(): orjson.loads(v) for k, v in (await cache.hgetall(hash_key)).items()}
         assert set(snapshot) == set(stored) == symbols
         for symbol in symbols:
-            truth = await blocking(sim.admin, "GET", "ticker", symbol=symbol)
-            assert _stats(snapshot[symbol]) == _stats(truth), symbol
-            assert _stats(stored[symbol]) == _stats(truth)  # the hash may be a tick newer
+            assert _stats(snapshot[symbol]) == truth[symbol], symbol
+            assert _stats(stored[symbol]) == truth[symbol]  # the hash may be a tick newer
 
         # a listing joins and a halted pair leaves, without a restart
         gone = sorted(symbols)[0]
@@ -197,9 +204,14 @@ async def test_markets_snapshot_data_listing_and_delisting(
             last = _ticks(recorder)[-1][0]
             return "NEWUSDT" in last and gone not in last
 
-        await recorder.wait_for(switched, within=15)
-        assert any("NEWUSDT" in (data or {}) for _snapshot, data in _ticks(recorder))
-        await asyncio.sleep(0.5)
-        fields = {k.decode() for k in await cache.hkeys(hash_key)}
-        assert "NEWUSDT" in fields and gone not in fields
+        await eventually(switched, within=15)
+        await eventually(  # the DATA of the tick it joined in, close behind that SNAPSHOT
+            lambda: any("NEWUSDT" in (data or {}) for _snapshot, data in _ticks(recorder))
+        )
+
+        async def stored_switched() -> bool:
+            fields = {k.decode() for k in await cache.hkeys(hash_key)}
+            return "NEWUSDT" in fields and gone not in fields
+
+        await eventually(stored_switched, what="the Redis hash has the listing and not the halt")
         assert metric(service, "marketpipe_markets_pairs") == 120

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +107,7 @@ class Rig:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             await self.step()
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # pacing: the market moves one step each ``pause`` s
 
     async def record(self) -> None:
         async def one(symbol: str) -> None:
@@ -119,15 +119,27 @@ class Rig:
         await asyncio.gather(*(one(s) for s in {*self.symbols, *self.truth}))
 
     async def drive_until(
-        self, done: Callable[[], bool], within: float, pause: float = 0.15
+        self, done: Callable[[], bool | Awaitable[bool]], within: float, pause: float = 0.15
     ) -> None:
         """Step the market every ``pause`` seconds until ``done()``; fail after ``within`` s."""
-        deadline = time.monotonic() + within
-        while not done():
-            assert time.monotonic() < deadline, f"not done after {within}s; see {self.log_path}"
+
+        async def done_or_step() -> bool:
+            result = done()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return True
             assert self.service.returncode is None, f"service exited; see {self.log_path}"
             await self.step()
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # pacing: the market moves one step each ``pause`` s
+            return False
+
+        await eventually(done_or_step, within, f"done; see {self.log_path}")
+
+    async def redis_refilled(self) -> bool:
+        """Redis holds the last published book of every pair."""
+        cached = await self.redis.mget([f"{self.redis_prefix}orderbook:{s}" for s in self.symbols])
+        return cached == [self.recorder.last_raw[s] for s in self.symbols]
 
     def caught_up(self) -> bool:
         """The last book published for every pair is the current true one."""
@@ -153,11 +165,15 @@ class Rig:
         how many deltas were checked."""
         books = {(m["symbol"], m["epoch"], m["seq"]): m for _, m in self.recorder.books}
         wanted = {k for k in books if k[2] > 1}
-        deadline = time.monotonic() + 5
-        while not wanted <= {(d["symbol"], d["epoch"], d["seq"]) for d in self.recorder.deltas}:
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+
+        def unchained() -> list[tuple[str, int, int]]:
+            return sorted(
+                wanted - {(d["symbol"], d["epoch"], d["seq"]) for d in self.recorder.deltas}
+            )
+
+        await eventually(
+            lambda: not unchained(), 5, lambda: f"every delta; none for {unchained()[:5]}"
+        )
         for delta in self.recorder.deltas:
             key = (delta["symbol"], delta["epoch"], delta["seq"])
             if key not in books:
@@ -226,10 +242,13 @@ class Rig:
 
     async def cached_is(self, symbol: str, raw: bytes) -> None:
         """Redis gets the last published book within the service's cache period (0.5 s)."""
-        deadline = time.monotonic() + 3
-        while (cached := await self.redis.get(f"{self.redis_prefix}orderbook:{symbol}")) != raw:
-            assert time.monotonic() < deadline, (symbol, (cached or b"")[:80], raw[:80])
-            await asyncio.sleep(0.05)
+        cached: list[bytes | None] = [None]
+
+        async def stored() -> bool:
+            cached[0] = await self.redis.get(f"{self.redis_prefix}orderbook:{symbol}")
+            return cached[0] == raw
+
+        await eventually(stored, 3, lambda: f"{symbol}: {(cached[0] or b'')[:80]!r}, {raw[:80]!r}")
 
     async def metrics(self) -> str:
         async with self.http.get(f"http://127.0.0.1:{self.port}/metrics") as r:
@@ -409,12 +428,12 @@ async def test_books_are_exact_under_every_fault(rig: Rig) -> None:
     # Standing still, the links carry nothing: a loaded machine can take longer than the silence
     # limit (1.5 s) to get here, and then the books resync. Move the market until all are live.
     synced = f"marketpipe_books_synced {float(len(symbols))}"
-    deadline = time.monotonic() + 30
-    while synced not in (metrics := await rig.metrics()):
-        assert time.monotonic() < deadline, f"not every book live again; see {rig.log_path}"
-        await rig.step()
-        await asyncio.sleep(0.15)
-    assert 'marketpipe_book_resyncs_total{reason="gap"}' in metrics
+
+    async def every_book_live() -> bool:
+        return synced in await rig.metrics()
+
+    await rig.drive_until(every_book_live, within=30)
+    assert 'marketpipe_book_resyncs_total{reason="gap"}' in await rig.metrics()
 
 
 async def test_a_resync_does_not_delay_the_other_books(rig: Rig) -> None:
@@ -430,7 +449,7 @@ async def test_a_resync_does_not_delay_the_other_books(rig: Rig) -> None:
         await rig.step()
         ids = {s: max(rig.truth[s]) for s in rig.symbols}
         stepped.append((time.monotonic(), ids))
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.15)  # pacing: the market moves while the victim resyncs
     await eventually(lambda: rig.recorder.status[victim]["state"] == "live", within=15)
     published = rig.recorder.books[start:]
     seen = {(m["symbol"], m["lastUpdateId"]): t for t, m in published}
@@ -448,8 +467,10 @@ async def test_a_resync_does_not_delay_the_other_books(rig: Rig) -> None:
             delays.append(seen[symbol, ids[symbol]] - when)
         previous = ids
     delays.sort()
-    # every change of every other book went out, promptly (interval 100 ms, steps 150 ms apart)
-    assert delays[-1] < 0.25, delays[-10:]
+    # every change of every other book went out, well inside the victim's 2 s resync: none waited
+    # for it (interval 100 ms, steps 150 ms apart; the latency itself: bench/bench_orderbook.py)
+    print(f"\nother books while one resyncs: slowest {delays[-1] * 1000:.0f} ms")
+    assert delays[-1] < 1.0, delays[-10:]
 
 
 async def test_every_state_is_sent_again_every_10_seconds_a_few_at_a_time(rig: Rig) -> None:
@@ -510,10 +531,11 @@ async def test_redis_down_does_not_stop_publishing(
         before = len(rig.recorder.books)
         for _ in range(5):
             await rig.step()
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.15)  # pacing: five steps of the market while Redis is down
         assert len(rig.recorder.books) - before > 3 * len(everyone)  # NATS went on as before
         fresh_redis.process.start()
         await rig.drive_until(rig.caught_up, within=30)
-        await asyncio.sleep(1.5)  # the cache notices, then refills Redis from its mirror
+        # the cache notices, then refills Redis from its mirror
+        await eventually(rig.redis_refilled, what="Redis refilled from the mirror")
         await rig.check_quiescent()
         rig.check_every_book()

@@ -21,12 +21,20 @@ from pathlib import Path
 
 import pytest
 from feed_harness import blocking
-from test_failover import Pair, assert_books_true, replicas, steady_leader, wait_for_epoch_above
+from test_failover import (
+    SYMBOLS,
+    Pair,
+    assert_books_true,
+    replicas,
+    steady_leader,
+    wait_for_epoch_above,
+)
 from test_orderbook_e2e import Rig, running_rig
 
 from marketpipe.infra.local import EtcdServer, NatsCluster, Process, RedisServer
 from marketpipe.infra.proxy import FaultProxy
 from marketpipe.infra.simulator import SimulatorProcess
+from tests.eventually import eventually
 
 OUTAGE_SECONDS = 30.0
 EXCHANGE_OUTAGE_SECONDS = 60.0
@@ -71,13 +79,8 @@ async def refilled_after(rig: Rig) -> float:
     """Seconds until Redis holds the last published book of every pair again."""
     started = time.monotonic()
     await rig.drive_until(rig.caught_up, within=30)
-    deadline = time.monotonic() + 30
-    while True:
-        cached = await rig.redis.mget([f"{rig.redis_prefix}orderbook:{s}" for s in rig.symbols])
-        if cached == [rig.recorder.last_raw[s] for s in rig.symbols]:
-            return time.monotonic() - started
-        assert time.monotonic() < deadline, "Redis was not refilled"
-        await asyncio.sleep(0.1)
+    await eventually(rig.redis_refilled, 30, "Redis refilled")
+    return time.monotonic() - started
 
 
 async def test_redis_down_30s_streaming_goes_on_and_redis_is_refilled(
@@ -168,7 +171,7 @@ async def _etcd_outage(pair: Pair, etcd: Process | None) -> None:
     ttl = 2  # test_failover's LEADER_TTL_SECONDS
     killed = time.time()
     await blocking(etcd.kill)
-    await asyncio.sleep(OUTAGE_SECONDS)
+    await asyncio.sleep(OUTAGE_SECONDS)  # the outage lasts this long
     during = pair.messages("orderbook", killed + ttl + 0.2)
     assert during == [], f"{len(during)} books published without a lease"
     assert not await blocking(lambda: leader.leading)
@@ -180,5 +183,11 @@ async def _etcd_outage(pair: Pair, etcd: Process | None) -> None:
     print(
         f"etcd down {OUTAGE_SECONDS:.0f}s: a leader published {first - back:.2f}s after it was back"
     )
-    await asyncio.sleep(1.0)
+    epoch = new_leader.epoch
+    await eventually(  # every pair published by the new leader
+        lambda: (
+            len({m["symbol"] for _, m in pair.messages("orderbook", first) if m["epoch"] == epoch})
+            == SYMBOLS
+        )
+    )
     await assert_books_true(pair, new_leader.epoch)

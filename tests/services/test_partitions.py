@@ -129,12 +129,12 @@ async def test_orderbook_partitioned_leader_heals_without_one_old_book_after_the
 
     cut = time.time()
     await partition.stall()
-    await pair.recorder.wait_for(
+    await eventually(
         lambda: any(m["epoch"] > old_epoch for _, m in pair.messages("orderbook", cut)),
         within=TTL + 5,
     )
     took_over = first_arrival(pair.messages("orderbook", cut), follower.epoch)
-    await asyncio.sleep(max(0.0, cut + PARTITION_SECONDS - time.time()))
+    await asyncio.sleep(max(0.0, cut + PARTITION_SECONDS - time.time()))  # the partition lasts
     await partition.heal()
     healed = time.time()
     await asyncio.sleep(3.0)  # whatever the old leader still had would arrive by now
@@ -165,13 +165,13 @@ async def test_trades_partitioned_leader_heals_without_a_lost_or_repeated_trade(
     pair, partition = partitioned
     leader, follower = await pair.leader()
     assert leader.name == "a"
-    await pair.recorder.wait_for(lambda: len(pair.messages("trades")) > 50)
+    await eventually(lambda: len(pair.messages("trades")) > 50, within=30)
 
     await partition.stall()
     await eventually(lambda: blocking(lambda: follower.leading), within=TTL + 5)
-    await asyncio.sleep(PARTITION_SECONDS - TTL)
+    await asyncio.sleep(PARTITION_SECONDS - TTL)  # the partition lasts
     await partition.heal()
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(3.0)  # time for the healed old leader to lead again, were it to
     assert not await blocking(lambda: leader.leading), "the healed old leader leads again"
     await assert_trades_complete(pair)
 
@@ -185,16 +185,17 @@ async def test_trades_follower_that_lost_nats_repeats_nothing_when_it_takes_over
     pair, partition = partitioned
     leader, follower = await pair.leader()
     assert follower.name == "a"
-    await pair.recorder.wait_for(lambda: len(pair.messages("trades")) > 50)
+    await eventually(lambda: len(pair.messages("trades")) > 50, within=30)
 
     await asyncio.gather(*(blocking(p.refuse) for p in partition.nats))
     await asyncio.sleep(1.5)  # trades go on meanwhile; the follower sees none of them
     await asyncio.gather(*(blocking(p.heal) for p in partition.nats))
-    deadline = time.monotonic() + 10
-    while await blocking(lambda: follower.metric("marketpipe_nats_connected")) != 1:
-        assert time.monotonic() < deadline, "the follower did not reconnect"
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)  # the leader's Redis writes of those trades have landed
+    await eventually(
+        lambda: blocking(lambda: follower.metric("marketpipe_nats_connected") == 1),
+        what="the follower reconnected",
+    )
+    newest = newest_trades(pair)
+    await eventually(lambda: stored_up_to(pair, newest))  # the leader's Redis writes of those
 
     await blocking(leader.process.kill)
     await trades_go_on_after_takeover(follower, pair, within=TTL + 5)
@@ -211,12 +212,29 @@ async def test_trades_leader_nats_resets_lose_and_repeat_no_trade(
     pair, partition = partitioned
     leader, _ = await pair.leader()
     assert leader.name == "a"
-    await pair.recorder.wait_for(lambda: len(pair.messages("trades")) > 50)
+    await eventually(lambda: len(pair.messages("trades")) > 50, within=30)
 
     for _ in range(RESETS):
         published = len(pair.messages("trades"))
         await asyncio.gather(*(blocking(p.reset) for p in partition.nats))
         # the next reset once trades flow again (each reset lands in a stream of trades)
-        await pair.recorder.wait_for(lambda n=published: len(pair.messages("trades")) > n + 5)
+        await eventually(lambda n=published: len(pair.messages("trades")) > n + 5, within=30)
     assert await blocking(lambda: leader.leading), "a reset cost the leader its lease"
     await assert_trades_complete(pair)
+
+
+def newest_trades(pair: Pair) -> dict[str, int]:
+    """The newest trade id of each pair on NATS so far."""
+    newest: dict[str, int] = {}
+    for _, message in pair.messages("trades"):
+        newest[message["s"]] = max(newest.get(message["s"], 0), message["t"])
+    return newest
+
+
+async def stored_up_to(pair: Pair, newest: dict[str, int]) -> bool:
+    """Redis holds, for each pair, a trade at least as new as ``newest`` says."""
+    for symbol, trade_id in newest.items():
+        head = await pair.redis.lindex(f"{pair.redis_prefix}trades:{symbol}", 0)
+        if head is None or orjson.loads(head)["t"] < trade_id:
+            return False
+    return True

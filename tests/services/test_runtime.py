@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from marketpipe.infra.local import EtcdServer, NatsCluster, RedisServer, free_port
 from marketpipe.transport.nats import NatsClient
+from tests.eventually import eventually
 
 DUMMY = Path(__file__).with_name("dummy_service.py")
 
@@ -28,15 +29,15 @@ class Dummy:
 
     async def wait_ready(self) -> None:
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
-                            if resp.status == 200:
-                                return
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.05)
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False  # not listening yet
+
+            await eventually(ready, within=20, what="/readyz")
 
     async def terminate(self) -> tuple[int, float]:
         started = time.monotonic()
@@ -58,21 +59,18 @@ class Ticks:
     def __init__(self) -> None:
         self.ticks: list[dict[str, object]] = []
         self.byes: list[bytes] = []
-        self.arrived = asyncio.Event()
 
     async def __call__(self, subject: str, data: bytes) -> None:
         if subject == "dummy.tick":
             self.ticks.append(orjson.loads(data))
-            self.arrived.set()
         else:
             self.byes.append(data)
 
     async def wait_for(self, who: str | None = None) -> float:
         """Until a tick from ``who`` (None: anyone) arrives; returns when."""
-        async with asyncio.timeout(15):
-            while not self.ticks or who not in (None, self.ticks[-1]["id"]):
-                self.arrived.clear()
-                await self.arrived.wait()
+        await eventually(
+            lambda: self.ticks and who in (None, self.ticks[-1]["id"]), 15, f"a tick from {who}"
+        )
         return time.monotonic()
 
 
@@ -109,7 +107,7 @@ async def test_sigterm_drains_and_exits_0_within_10s(
         code, took = await dummy.terminate()
     assert code == 0
     assert took < 10
-    await asyncio.sleep(0.2)
+    await eventually(lambda: listener.byes)
     assert listener.byes == [b"solo"]  # published during stop(), delivered by the drain
     cache = aioredis.from_url(redis_server.url)
     last = await cache.get("rt1:dummy:last")
@@ -127,7 +125,7 @@ async def test_only_the_leader_publishes_and_a_resign_hands_over_at_once(
     try:
         await asyncio.gather(first.wait_ready(), second.wait_ready())
         await listener.wait_for()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # time for a follower to publish, were it to
         senders = {t["id"] for t in listener.ticks}
         assert len(senders) == 1, f"followers published: {senders}"
         leader = senders.pop()

@@ -32,6 +32,7 @@ from feed_harness import Recorder, blocking
 from marketpipe.infra.local import EtcdServer, NatsCluster, Process, RedisServer
 from marketpipe.infra.services import metric, service_env, start_service
 from marketpipe.infra.simulator import SimulatorProcess
+from tests.eventually import eventually
 
 PAIRS = 300
 SHARDS = 8
@@ -90,14 +91,15 @@ class Fleet:
 
     async def settled(self, live: int, within: float = 90) -> None:
         """Every shard led by exactly one live replica, spread evenly."""
-        deadline = time.monotonic() + within
-        while True:
-            leading = await self.leading()
+        leading: dict[str, int] = {}
+
+        async def even() -> bool:
+            leading.clear()
+            leading.update(await self.leading())
             counts = sorted(leading.values())
-            if len(leading) == live and sum(counts) == SHARDS and counts[-1] - counts[0] <= 1:
-                return
-            assert time.monotonic() < deadline, f"not settled: {leading}"
-            await asyncio.sleep(0.25)
+            return len(leading) == live and sum(counts) == SHARDS and counts[-1] - counts[0] <= 1
+
+        await eventually(even, within, lambda: f"settled, leading: {leading}")
 
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
@@ -200,7 +202,7 @@ async def test_orderbook_sharded_over_replicas_failover_and_rebalance(make_fleet
     await fleet.settled(live=3)
     assert sorted((await fleet.leading()).values()) in ([2, 3, 3], [2, 2, 3])
     start = time.time()
-    await fleet.recorder.wait_for(
+    await eventually(
         lambda: len({fleet.symbol_of(m) for _, m in fleet.messages(start)}) == PAIRS, within=30
     )
 
@@ -221,7 +223,7 @@ async def test_orderbook_sharded_over_replicas_failover_and_rebalance(make_fleet
     killed = time.time()
     await blocking(fleet.replicas[victim].kill)
     await fleet.settled(live=2)
-    await asyncio.sleep(TTL + 1.5)
+    await asyncio.sleep(TTL + 1.5)  # a window after the kill over which each pair's silence counts
     gap, symbol = longest_silence(fleet, killed, time.time())
     print(f"kill -9 of a replica: longest silence of a pair {gap:.2f}s (TTL {TTL}s)")
     assert gap <= TTL + 1, f"{symbol} unpublished for {gap:.2f}s after the kill"
@@ -230,7 +232,7 @@ async def test_orderbook_sharded_over_replicas_failover_and_rebalance(make_fleet
     joined = time.time()
     await fleet.add("r4")
     await fleet.settled(live=3)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the window after the rebalance over which silences count
     gap, symbol = longest_silence(fleet, joined, time.time())
     print(f"a fourth replica joined: longest silence of a pair {gap:.2f}s")
     assert gap <= TTL + 1, f"{symbol} unpublished for {gap:.2f}s during the rebalance"
@@ -246,13 +248,13 @@ async def test_trades_sharded_no_trade_lost_or_repeated_across_failover_and_reba
     fleet: Fleet = await make_fleet("trades")
     await asyncio.gather(fleet.add("r1"), fleet.add("r2"), fleet.add("r3"))
     await fleet.settled(live=3)
-    await fleet.recorder.wait_for(lambda: len(fleet.messages()) > 500, within=30)
+    await eventually(lambda: len(fleet.messages()) > 500, within=30)
     await blocking(fleet.replicas["r2"].kill)
     await fleet.settled(live=2)
-    await asyncio.sleep(TTL)
+    await asyncio.sleep(TTL)  # trades go on a while on two replicas, the dead one's lease expired
     await fleet.add("r4")
     await fleet.settled(live=3)
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(2.0)  # and a while after the rebalance, for a second publisher to show
     assert_one_publisher_at_a_time(fleet)
 
     await blocking(sim.pause)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from marketpipe.exchange.messages import decode_combined
 from marketpipe.infra.local import NatsCluster, RedisServer
 from marketpipe.infra.services import metric
 from marketpipe.services.feed_messages import ticker_message
+from tests.eventually import eventually
 
 TICKER_KEYS = [
     "e",
@@ -88,23 +88,40 @@ async def test_tickers_equal_the_simulator_statistics_at_quiescence(
         "tickers", "tickers.>", nats_cluster, redis_server, tmp_path, seed=11
     ) as stack:
         sim, recorder = stack.sim, stack.recorder
-        await asyncio.sleep(2)
-        await blocking(sim.fault, type="malformed", kind="not_json")
-        await blocking(sim.pause)
-        await asyncio.sleep(2.5)  # every pair's ticker stream has sent the final statistics
         symbols = [s["symbol"] for s in await blocking(sim.admin, "GET", "symbols")]
         assert len(symbols) == 120
+        await eventually(  # tickers of every pair are flowing
+            lambda: all(recorder.messages.get(f"tickers.{s}") for s in symbols), within=30
+        )
+        await blocking(sim.fault, type="malformed", kind="not_json")
+        await blocking(sim.pause)
+        truth = {s: _stats(await blocking(sim.admin, "GET", "ticker", symbol=s)) for s in symbols}
+
+        left = list(symbols)  # pairs whose last ticker, on NATS or in Redis, is not the truth yet
+
+        async def settled() -> bool:  # every ticker stream has sent the final statistics
+            keys = [f"{stack.prefix}ticker:{s}" for s in symbols]
+            cached = dict(zip(symbols, await stack.redis.mget(keys), strict=True))
+            left[:] = [
+                s
+                for s in symbols
+                if _stats(orjson.loads(recorder.messages[f"tickers.{s}"][-1])) != truth[s]
+                or cached[s] is None
+                or _stats(orjson.loads(cached[s])) != truth[s]
+            ]
+            return not left
+
+        await eventually(settled, within=15, what=lambda: f"apart: {left[:5]}")
         for symbol in symbols:
-            truth = await blocking(sim.admin, "GET", "ticker", symbol=symbol)
             published = recorder.decoded(f"tickers.{symbol}")
             assert published, symbol
             last = published[-1]
             assert set(TICKER_KEYS) <= set(last)
-            assert _stats(last) == _stats(truth), symbol
+            assert _stats(last) == truth[symbol], symbol
             times = [m["E"] for m in published]
             assert times == sorted(set(times)), "a ticker went backwards or twice"
             cached = await stack.redis.get(f"{stack.prefix}ticker:{symbol}")
             # tickers keep coming each second while paused: Redis may be one behind or ahead
-            assert cached is not None and _stats(orjson.loads(cached)) == _stats(truth)
+            assert cached is not None and _stats(orjson.loads(cached)) == truth[symbol]
         kind = "not_json_object"  # counted by the stream hub: not a combined frame at all
         assert metric(stack.service, "marketpipe_bad_input_total", source="exchange_ws", kind=kind)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-from feed_harness import blocking, feed_stack
+from feed_harness import blocking, feed_stack, resubscribed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,8 @@ from marketpipe.services.trade_gaps import (
     Step,
     TradeSequencer,
 )
+from tests.eventually import eventually
+from tests.exchange.support import connections
 
 # --- pure: TradeSequencer -------------------------------------------------------------------
 
@@ -316,25 +317,35 @@ async def test_every_trade_once_in_order_across_a_disconnect(
         "trades", "trades.>", nats_cluster, redis_server, tmp_path, seed=7
     ) as stack:
         sim, recorder, service = stack.sim, stack.recorder, stack.service
-        await asyncio.sleep(2)
+        symbols = [s["symbol"] for s in await blocking(sim.admin, "GET", "symbols")]
+        assert len(symbols) == 120
+        await eventually(  # trades of every pair are flowing
+            lambda: all(recorder.messages.get(f"trades.{s}") for s in symbols), within=30
+        )
+        before = await connections(sim)
         await blocking(sim.fault, type="close", abrupt=True)  # every stream connection drops
-        await asyncio.sleep(0.5)
+        await eventually(lambda: resubscribed(sim, before), within=30)
         # a malformed frame needs a connection to travel on: again until one has been counted
         schema = functools.partial(
             metric, service, "marketpipe_bad_input_total", source="exchange_ws", kind="schema"
         )
-        deadline = time.monotonic() + 10
-        while await blocking(schema) == 0:
-            assert time.monotonic() < deadline, "no malformed frame reached the service"
+
+        async def counted() -> bool:
+            if await blocking(schema) > 0:
+                return True
             await blocking(sim.fault, type="malformed", kind="wrong_types")
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # pacing the retries: one frame, given time to be counted
+            return False
+
+        await eventually(counted, what="a malformed frame counted")
+        before = await connections(sim)
         await blocking(sim.fault, type="close", code=1011)
-        await asyncio.sleep(2.5)
+        await eventually(lambda: resubscribed(sim, before), within=30)
+        arrived = len(recorder.arrivals)
+        await eventually(lambda: len(recorder.arrivals) > arrived)  # live trades again
         await blocking(sim.pause)
         await recorder.wait_quiet(2.0)
 
-        symbols = [s["symbol"] for s in await blocking(sim.admin, "GET", "symbols")]
-        assert len(symbols) == 120
         for symbol in symbols:
             truth = await blocking(_truth, sim, symbol)
             got = recorder.decoded(f"trades.{symbol}")

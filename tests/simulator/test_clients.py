@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import ccxt
@@ -22,6 +22,7 @@ from binance_sdk_spot.spot import ConfigurationRestAPI, ConfigurationWebSocketSt
 
 from marketpipe.infra.simulator import SimulatorProcess
 from marketpipe.simulator.units import parse_units
+from tests.eventually import eventually, eventually_sync
 
 PAIRS = {"BTC/USDT": "BTCUSDT", "ETH/USDT": "ETHUSDT", "BNB/USDT": "BNBUSDT"}
 
@@ -45,13 +46,6 @@ def ccxt_config(sim: SimulatorProcess, **extra: Any) -> dict[str, Any]:
 
 def levels(side: list[list[str]]) -> list[list[float]]:
     return [[float(p), float(q)] for p, q in side]
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def true_trades(sim: SimulatorProcess, symbol: str) -> list[dict[str, Any]]:
@@ -130,10 +124,10 @@ async def test_ccxt_pro_books_equal_the_true_books(exchange_sim: SimulatorProces
         candles = await ex.watch_ohlcv("BTC/USDT", "1m")
         await asyncio.to_thread(exchange_sim.pause)
         true = {s: await asyncio.to_thread(exchange_sim.book, i) for s, i in PAIRS.items()}
-        deadline = time.monotonic() + 10
-        while any(ex.orderbooks[s]["nonce"] != true[s]["lastUpdateId"] for s in PAIRS):
-            assert time.monotonic() < deadline, "books reach the simulator's last update id"
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: all(ex.orderbooks[s]["nonce"] == true[s]["lastUpdateId"] for s in PAIRS),
+            what="books reach the simulator's last update id",
+        )
         for symbol in PAIRS:
             book = ex.orderbooks[symbol]
             assert book["bids"] == levels(true[symbol]["bids"])
@@ -218,10 +212,9 @@ async def test_official_sdk_streams_and_live_subscriptions(exchange_sim: Simulat
             "ethusdt@depth@1000ms",
             "bnbusdt@bookTicker",
         ]
-        deadline = time.monotonic() + 15
-        while len(got) < len(subscriptions):
-            assert time.monotonic() < deadline, f"only {sorted(got)} arrived"
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: len(got) >= len(subscriptions), 15, lambda: f"only {sorted(got)} arrived"
+        )
         await connection.unsubscribe(["btcusdt@trade"])
         assert "btcusdt@trade" not in (await connection.list_subscribe())["result"]
     finally:
@@ -293,7 +286,7 @@ def test_binance_connector_combined_streams_carry_the_names_subscribed(
         with lock:
             return {m["stream"] for m in received if "stream" in m}
 
-    wait_until(lambda: named() >= wanted)
+    eventually_sync(lambda: named() >= wanted, 20, lambda: f"only {sorted(named())}")
     assert named() == wanted
     with lock:
         replies = [m for m in received if "result" in m]

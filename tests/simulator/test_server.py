@@ -183,7 +183,7 @@ async def test_live_control_messages(exchange_sim, http) -> None:
             "result": ["btcusdt@trade", "ethusdt@depth"],
             "id": 3,
         }
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # pacing: at most 5 control messages a second, as the exchange
         assert await ask({"method": "UNSUBSCRIBE", "params": ["btcusdt@trade"], "id": "a7"}) == {
             "result": None,
             "id": "a7",
@@ -192,7 +192,7 @@ async def test_live_control_messages(exchange_sim, http) -> None:
             "result": False,
             "id": 2,
         }
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(1.1)  # the next second's allowance of control messages
         assert await ask({"method": "SET_PROPERTY", "params": ["combined", True], "id": 5}) == {
             "result": None,
             "id": 5,
@@ -201,10 +201,10 @@ async def test_live_control_messages(exchange_sim, http) -> None:
             "result": True,
             "id": 6,
         }
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(1.1)  # the next second's allowance of control messages
         assert (await ask("{nope"))["error"]["code"] == 3
         assert (await ask({"method": "JUMP", "id": 8}))["error"]["code"] == 2
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(1.1)  # the next second's allowance of control messages
         assert (await ask({"method": "SET_PROPERTY", "params": ["colour", True], "id": 9}))[
             "error"
         ] == {"code": 0, "msg": "Unknown property"}
@@ -214,7 +214,7 @@ async def test_live_control_messages(exchange_sim, http) -> None:
         assert (await ask({"method": "SUBSCRIBE", "params": ["btc usdt@trade"], "id": 11}))[
             "error"
         ]["code"] == 2
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(1.1)  # the next second's allowance of control messages
         too_many = [f"s{i}usdt@trade" for i in range(1024)]
         reply = await ask({"method": "SUBSCRIBE", "params": too_many, "id": 12})
         assert "too many streams" in reply["error"]["msg"]

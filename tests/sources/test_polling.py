@@ -13,16 +13,17 @@ import orjson
 from marketpipe.config import Settings
 from marketpipe.exchange.rest import ExchangeRest
 from marketpipe.infra.simulator import SimulatorProcess
-from marketpipe.ops.metrics import SETTINGS_REJECTED
 from marketpipe.sources.assets import AssetsSource, Universe
 from marketpipe.sources.settings import SettingsSource, SymbolSettings
-from tests.exchange.support import admin, wait_for
+from tests.eventually import eventually
+from tests.exchange.support import admin
+from tests.metrics import sample
 
 POLL = 0.05
 
 
 def rejected(source: str) -> float:
-    return SETTINGS_REJECTED.labels(source=source)._value.get()
+    return sample("marketpipe_settings_rejected_total", source=source)
 
 
 async def serve(sim: SimulatorProcess, path: str, payload: Any, status: int = 200) -> None:
@@ -34,7 +35,7 @@ async def serve(sim: SimulatorProcess, path: str, payload: Any, status: int = 20
 async def rejected_once_more(source: str, action: Awaitable[None]) -> None:
     before = rejected(source)
     await action
-    await wait_for(lambda: rejected(source) > before)
+    await eventually(lambda: rejected(source) > before)
 
 
 @asynccontextmanager
@@ -54,7 +55,7 @@ async def test_assets_changes_are_picked_up_and_garbage_rejected(
     seen: list[Universe] = []
 
     async def seen_count(n: int) -> None:
-        await wait_for(lambda: len(seen) == n)
+        await eventually(lambda: len(seen) == n)
 
     async with ExchangeRest(exchange_sim.rest_url) as rest:
         source = AssetsSource(settings, rest, seen.append)
@@ -91,11 +92,11 @@ async def test_without_assets_api_the_exchange_list_is_used(exchange_sim: Simula
     seen: list[Universe] = []
     async with ExchangeRest(exchange_sim.rest_url) as rest:
         async with polling(AssetsSource(settings, rest, seen.append).run):
-            await wait_for(lambda: len(seen) == 1)
+            await eventually(lambda: len(seen) == 1)
             await admin(exchange_sim, "POST", "symbols", {"symbol": "NEWUSDT"})  # a listing
-            await wait_for(lambda: len(seen) == 2)
+            await eventually(lambda: len(seen) == 2)
             await admin(exchange_sim, "DELETE", "symbols", symbol="BNBUSDT")  # a delisting
-            await wait_for(lambda: len(seen) == 3)
+            await eventually(lambda: len(seen) == 3)
         capped = Settings(priority_symbols=["ETHUSDT"], max_symbols=2)
         assert await AssetsSource(capped, rest, seen.append).poller.poll_once()
     assert seen == [
@@ -120,7 +121,7 @@ async def test_settings_changes_are_picked_up_and_bad_payloads_keep_the_last_goo
     good = SymbolSettings(5.0, 250)
     async with polling(source.run):
         # The simulator starts with {"DEFAULT": {35, 250}, "BTCUSDT": {"MaxSpreadPct": 5}}.
-        await wait_for(lambda: source.settings_for("BTCUSDT") == good)
+        await eventually(lambda: source.settings_for("BTCUSDT") == good)
         assert source.settings_for("ETHUSDT") == SymbolSettings(35.0, 250)
         for bad in (
             {"DEFAULT": {"MaxSpreadPct": 500}},
@@ -135,7 +136,7 @@ async def test_settings_changes_are_picked_up_and_bad_payloads_keep_the_last_goo
         await asyncio.sleep(5 * POLL)  # an outage, whatever the body says: nothing changes
         assert source.settings_for("BTCUSDT") == good
         await serve(exchange_sim, "settings", {"DEFAULT": {"Depth": 20}})
-        await wait_for(lambda: source.settings_for("BTCUSDT") == SymbolSettings(20.0, 20))
+        await eventually(lambda: source.settings_for("BTCUSDT") == SymbolSettings(20.0, 20))
 
 
 async def test_without_settings_api_the_configured_defaults_apply() -> None:

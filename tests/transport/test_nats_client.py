@@ -9,22 +9,19 @@ from prometheus_client import REGISTRY
 
 from marketpipe.infra.local import NatsCluster
 from marketpipe.transport.nats import OUTGOING_LIMIT_BYTES, NatsClient, PayloadTooLargeError
+from tests.eventually import eventually
 
 
 class Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes]] = []
-        self.arrived = asyncio.Event()
 
     async def __call__(self, subject: str, data: bytes) -> None:
         self.messages.append((subject, data))
-        self.arrived.set()
 
     async def wait_for(self, last: bytes) -> None:
-        async with asyncio.timeout(5):
-            while not self.messages or self.messages[-1][1] != last:
-                self.arrived.clear()
-                await self.arrived.wait()
+        """Until the last message that arrived is ``last``."""
+        await eventually(lambda: self.messages and self.messages[-1][1] == last, 5, repr(last))
 
 
 async def _connected(url: str | list[str], prefix: str = "") -> NatsClient:
@@ -35,11 +32,15 @@ async def _connected(url: str | list[str], prefix: str = "") -> NatsClient:
 
 async def _publish_until_seen(pub: NatsClient, subject: str, inbox: Inbox) -> None:
     """Interest crosses cluster routes asynchronously: publish probes until one arrives."""
-    async with asyncio.timeout(5):
-        while not inbox.messages:
-            await pub.publish(subject, b"probe")
-            await pub.flush()
-            await asyncio.sleep(0.02)
+
+    async def seen() -> bool:
+        if inbox.messages:
+            return True
+        await pub.publish(subject, b"probe")
+        await pub.flush()
+        return False
+
+    await eventually(seen, 5, "a probe arrived")
 
 
 async def _linked(
@@ -105,7 +106,7 @@ async def test_publisher_survives_the_kill_of_its_node(fresh_nats_cluster: NatsC
         ):
             await pub.publish("orderbook.BTCUSDT", str(sent).encode())
             sent += 1
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # pacing: a steady stream across the failover
     for _ in range(100):
         await pub.publish("orderbook.BTCUSDT", str(sent).encode())
         sent += 1

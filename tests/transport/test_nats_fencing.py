@@ -39,7 +39,7 @@ async def test_a_stalled_terms_bytes_never_arrive_after_it_ended(
     for _ in range(2000):  # ~32 MB: into the socket (held by the stall) and into the queue
         pub.publish_now("orderbook.BTCUSDT", book, old)
         pub.send_queued()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a turn of the loop: the flusher writes what the socket takes
     await eventually(lambda: int(node_proxy.status()["held_bytes"]) > 100_000)
     old.end("lease_lost")
     pub.discard(old)

@@ -38,7 +38,7 @@ async def test_resets_while_publishing_never_raise_and_publishing_resumes(
             pub.publish_now("orderbook.BTCUSDT", book)
             pub.send_queued()
             if n % 10 == 0:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a turn of the loop: the flusher writes
         marker = f"round-{round_}".encode()
         await eventually(lambda: pub.connected, within=15)
         pub.publish_now("orderbook.BTCUSDT", marker)

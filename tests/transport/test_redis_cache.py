@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,10 +26,6 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def _eventually(check: Callable[[], object]) -> None:
-    await eventually(check, within=30)
-
-
 async def test_values_lists_and_hashes_land_under_the_prefix(
     redis_server: RedisServer, raw: aioredis.Redis
 ) -> None:
@@ -45,7 +41,7 @@ async def test_values_lists_and_hashes_land_under_the_prefix(
     async def landed() -> bool:
         return await raw.llen("t1:trades:BTCUSDT") == 10 and await raw.hlen("t1:markets") == 2
 
-    await _eventually(landed)
+    await eventually(landed, within=30)
     assert await raw.get("t1:orderbook:BTCUSDT") == b"new"
     newest_first = [str(i).encode() for i in range(24, 14, -1)]
     assert await raw.lrange("t1:trades:BTCUSDT", 0, -1) == newest_first
@@ -62,7 +58,7 @@ async def test_redis_down_never_blocks_writers_and_pending_values_land_on_return
     cache = RedisCache(fresh_redis.url, writer="t2", max_backoff=0.3)
     await cache.start()
     cache.set_value("ticker:BTCUSDT", b"before")
-    await _eventually(lambda: cache.healthy)
+    await eventually(lambda: cache.healthy, within=30)
     errors_before = REGISTRY.get_sample_value("marketpipe_redis_errors_total") or 0
 
     fresh_redis.process.kill()
@@ -71,7 +67,7 @@ async def test_redis_down_never_blocks_writers_and_pending_values_land_on_return
         cache.set_value(f"ticker:S{i % 500}", str(i).encode())
         cache.push_recent("trades:BTCUSDT", str(i).encode())
     assert time.perf_counter() - started < 2.0  # in-memory only: no network wait per write
-    await _eventually(lambda: not cache.healthy)
+    await eventually(lambda: not cache.healthy, within=30)
     assert (REGISTRY.get_sample_value("marketpipe_redis_errors_total") or 0) > errors_before
     # reads fail soft too
     assert await cache.get_value("ticker:BTCUSDT") is None
@@ -79,7 +75,7 @@ async def test_redis_down_never_blocks_writers_and_pending_values_land_on_return
     fresh_redis.process.start()  # same port, empty: it lost everything
     raw = aioredis.from_url(fresh_redis.url)
     try:
-        await _eventually(lambda: raw.get("marketpipe:ticker:S499"))
+        await eventually(lambda: raw.get("marketpipe:ticker:S499"), within=30)
         assert await raw.get("marketpipe:ticker:S499") == b"19999"
         assert await raw.get("marketpipe:ticker:BTCUSDT") == b"before"  # refilled
         assert await raw.lrange("marketpipe:trades:BTCUSDT", 0, 1) == [b"19999", b"19998"]
@@ -96,10 +92,10 @@ async def test_data_lost_without_an_error_is_refilled(fresh_redis: RedisServer) 
     cache.hset(MARKETS_HASH, "ETHUSDT", b"tick")
     raw = aioredis.from_url(fresh_redis.url)
     try:
-        await _eventually(lambda: raw.exists("marketpipe:writers:t3"))  # settled
+        await eventually(lambda: raw.exists("marketpipe:writers:t3"), within=30)  # settled
         await raw.flushall()  # as a restart between two flushes would leave it
         cache.push_recent(trades_key("ETHUSDT"), b"t1")  # the next write notices and refills
-        await _eventually(lambda: raw.exists("marketpipe:writers:t3"))
+        await eventually(lambda: raw.exists("marketpipe:writers:t3"), within=30)
         assert await raw.hgetall("marketpipe:markets") == {b"ETHUSDT": b"tick"}
         assert await raw.lrange("marketpipe:trades:ETHUSDT", 0, -1) == [b"t1"]
     finally:
@@ -115,7 +111,7 @@ async def test_big_flushes_and_refills_go_out_in_several_pipelines_and_all_land(
     await cache.start()
     raw = aioredis.from_url(fresh_redis.url)
     try:
-        await _eventually(lambda: cache.healthy)
+        await eventually(lambda: cache.healthy, within=30)
         for symbol, book in books.items():
             cache.set_value(orderbook_key(symbol), book)
         cache.hset_many(MARKETS_HASH, {s: b[:100] for s, b in books.items()})
@@ -124,11 +120,11 @@ async def test_big_flushes_and_refills_go_out_in_several_pipelines_and_all_land(
             values = await raw.mget([f"marketpipe:orderbook:{s}" for s in books])
             return values == list(books.values()) and await raw.hlen("marketpipe:markets") == 300
 
-        await _eventually(all_there)
+        await eventually(all_there, within=30)
         await raw.flushall()
         cache.set_value(orderbook_key("S0"), b"newer")  # notices the loss and refills
         books["S0"] = b"newer"
-        await _eventually(all_there)
+        await eventually(all_there, within=30)
         assert await raw.exists("marketpipe:writers:t8")
     finally:
         await raw.aclose()
@@ -140,7 +136,7 @@ async def test_pending_writes_are_flushed_on_close(
 ) -> None:
     cache = RedisCache(redis_server.url, prefix="t4:", writer="t4", flush_interval=30)
     await cache.start()
-    await _eventually(lambda: cache.healthy)
+    await eventually(lambda: cache.healthy, within=30)
     cache.set_value("ticker:BTCUSDT", b"last")
     await cache.close()
     assert await raw.get("t4:ticker:BTCUSDT") == b"last"
@@ -153,7 +149,7 @@ async def test_the_mirror_is_bounded_by_key_count(redis_server: RedisServer) -> 
     cache.set_value("k0", b"updated")  # known keys still update
     assert cache.pending_keys == 3
     await cache.start()
-    await _eventually(lambda: cache.get_value("k0"))
+    await eventually(lambda: cache.get_value("k0"), within=30)
     assert await cache.get_value("k0") == b"updated"
     assert await cache.get_value("k4") is None
     await cache.close()
@@ -167,13 +163,13 @@ async def test_a_pair_removed_from_a_hash_is_gone_also_after_a_refill(
     cache.hset_many(MARKETS_HASH, {"AUSDT": b"a", "BUSDT": b"b"})
     raw = aioredis.from_url(fresh_redis.url)
     try:
-        await _eventually(lambda: raw.hexists("marketpipe:markets", "BUSDT"))
+        await eventually(lambda: raw.hexists("marketpipe:markets", "BUSDT"), within=30)
         cache.hdel(MARKETS_HASH, ["BUSDT"])
-        await _eventually(lambda: cache.pending_keys == 0)
+        await eventually(lambda: cache.pending_keys == 0, within=30)
         assert await cache.hgetall(MARKETS_HASH) == {"AUSDT": b"a"}
         await raw.flushall()
         cache.hset(MARKETS_HASH, "CUSDT", b"c")
-        await _eventually(lambda: raw.hexists("marketpipe:markets", "CUSDT"))
+        await eventually(lambda: raw.hexists("marketpipe:markets", "CUSDT"), within=30)
         assert await cache.hgetall(MARKETS_HASH) == {"AUSDT": b"a", "CUSDT": b"c"}
     finally:
         await raw.aclose()
@@ -183,7 +179,7 @@ async def test_a_pair_removed_from_a_hash_is_gone_also_after_a_refill(
 async def test_a_reader_only_cache_writes_nothing(fresh_redis: RedisServer) -> None:
     cache = RedisCache(fresh_redis.url, writer="gateway")
     await cache.start()
-    await _eventually(lambda: cache.healthy)
+    await eventually(lambda: cache.healthy, within=30)
     raw = aioredis.from_url(fresh_redis.url)
     assert await raw.dbsize() == 0
     await raw.aclose()
