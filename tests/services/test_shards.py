@@ -232,9 +232,16 @@ async def test_orderbook_sharded_over_replicas_failover_and_rebalance(make_fleet
     joined = time.time()
     await fleet.add("r4")
     await fleet.settled(live=3)
+    took = time.time() - joined
+    weight = await blocking(
+        metric, fleet.replicas["r4"], "marketpipe_rest_weight_spent_total", endpoint="depth"
+    )
     await asyncio.sleep(1.0)  # the window after the rebalance over which silences count
     gap, symbol = longest_silence(fleet, joined, time.time())
-    print(f"a fourth replica joined: longest silence of a pair {gap:.2f}s")
+    print(
+        f"a fourth replica joined: took its shards {took:.2f}s after it was started, "
+        f"spending {weight:.0f} depth weight; longest silence of a pair {gap:.2f}s"
+    )
     assert gap <= TTL + 1, f"{symbol} unpublished for {gap:.2f}s during the rebalance"
     assert_one_publisher_at_a_time(fleet)
     leading = await fleet.leading()
